@@ -1,0 +1,260 @@
+"""Images and videos in, validated and normalised.
+
+Everything the reward model sees passes through here and comes out as a float tensor in
+[0, 1]: images as 3×H×W, videos as T×3×H×W. Every bad input becomes a `MediaError`
+whose message is one line naming the file (or argument) and the problem.
+
+Example:
+    >>> import numpy as np
+    >>> from rewarddance.media import load_image
+    >>> load_image(np.zeros((8, 8), dtype=np.uint8)).shape
+    torch.Size([3, 8, 8])
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+VIDEO_SUFFIXES = {".mp4", ".webm", ".gif", ".mkv", ".mov", ".avi"}
+# Images larger than this are decoded at reduced size (or refused beyond BOMB_PIXELS):
+# a judge never needs more than a few megapixels, and a crafted PNG can claim gigapixels.
+MAX_PIXELS = 4096 * 4096
+BOMB_PIXELS = 16 * MAX_PIXELS
+MAX_SIDE = 2048
+
+
+class MediaError(ValueError):
+    """A bad image, video or prompt; the message names the source and the problem."""
+
+
+def _name(src: Any) -> str:
+    if isinstance(src, (str, os.PathLike)):
+        return str(src)
+    return f"<{type(src).__name__}>"
+
+
+def validate_prompt(prompt: Any) -> str:
+    """Return `prompt` stripped; raise MediaError if it is not a non-empty string."""
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise MediaError(f"prompt {prompt!r}: empty prompt (a non-empty string is required)")
+    return prompt.strip()
+
+
+def _pil_to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any PIL mode to RGB: alpha is composited on white, 16-bit is rescaled."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        hi = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        img = Image.fromarray(np.clip(arr / hi * 255.0 + 0.5, 0, 255).astype(np.uint8))
+    elif img.mode == "F":
+        img = Image.fromarray(np.clip(np.asarray(img) * 255.0 + 0.5, 0, 255).astype(np.uint8))
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        img = img.convert("RGBA")
+        white = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(white, img)
+    return img.convert("RGB")
+
+
+def _open_image_file(path: Path) -> Image.Image:
+    if not path.exists():
+        raise MediaError(f"{path}: file not found")
+    if path.is_dir():
+        raise MediaError(f"{path}: is a directory, not an image")
+    if path.stat().st_size == 0:
+        raise MediaError(f"{path}: empty file (0 bytes)")
+    try:
+        img = Image.open(path)
+    except UnidentifiedImageError:
+        raise MediaError(f"{path}: not a readable image (corrupt or unsupported format)") from None
+    except OSError as e:
+        raise MediaError(f"{path}: cannot open image ({e})") from None
+    w, h = img.size
+    if w * h > BOMB_PIXELS:
+        raise MediaError(f"{path}: image is {w}x{h} pixels, over the {BOMB_PIXELS} limit (decompression bomb?)")
+    if w * h > MAX_PIXELS:
+        img.draft("RGB", (MAX_SIDE, MAX_SIDE))  # JPEG decodes at reduced scale; others are resized below
+    try:
+        Image.MAX_IMAGE_PIXELS, old = None, Image.MAX_IMAGE_PIXELS  # our own guard is above
+        img.load()
+    except (OSError, SyntaxError, ValueError) as e:
+        raise MediaError(f"{path}: corrupt image ({e})") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = old
+    if max(img.size) > MAX_SIDE and img.size[0] * img.size[1] > MAX_PIXELS:
+        img.thumbnail((MAX_SIDE, MAX_SIDE))
+    return ImageOps.exif_transpose(img)
+
+
+def _array_to_tensor(arr: np.ndarray, name: str) -> torch.Tensor:
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    if arr.ndim != 3:
+        raise MediaError(f"{name}: image array must be HxW, HxWxC or CxHxW, got shape {arr.shape}")
+    if arr.shape[0] in (1, 3, 4) and arr.shape[2] not in (1, 3, 4):
+        arr = arr.transpose(1, 2, 0)  # CHW -> HWC
+    if arr.shape[2] not in (1, 3, 4):
+        raise MediaError(f"{name}: image must have 1, 3 or 4 channels, got shape {arr.shape}")
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise MediaError(f"{name}: image has zero size {arr.shape}")
+    if arr.dtype == np.uint8:
+        x = arr.astype(np.float32) / 255.0
+    elif arr.dtype == np.uint16:
+        x = arr.astype(np.float32) / 65535.0
+    elif arr.dtype == np.bool_:
+        x = arr.astype(np.float32)
+    elif np.issubdtype(arr.dtype, np.floating):
+        if not np.isfinite(arr).all():
+            raise MediaError(f"{name}: image contains NaN or infinite values")
+        x = np.clip(arr.astype(np.float32), 0.0, 1.0)
+    else:
+        raise MediaError(f"{name}: unsupported image dtype {arr.dtype}")
+    if x.shape[2] == 4:  # composite on white, like RGBA files
+        alpha = x[:, :, 3:4]
+        x = x[:, :, :3] * alpha + (1.0 - alpha)
+    elif x.shape[2] == 1:
+        x = np.repeat(x, 3, axis=2)
+    return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
+
+
+def load_image(src: Any) -> torch.Tensor:
+    """Any image source -> float tensor 3×H×W in [0, 1].
+
+    Accepts a path, a PIL image (any mode: grayscale, RGBA, CMYK, 16-bit are converted),
+    a numpy array (HxW / HxWxC / CxHxW; uint8, uint16, bool or float in [0,1]) or a
+    tensor (3×H×W float in [0,1] is passed through untouched, keeping its autograd graph).
+    """
+    if isinstance(src, torch.Tensor):
+        if src.ndim == 3 and src.shape[0] == 3 and src.is_floating_point():
+            return src  # already normalised; may carry gradients (ReFL)
+        return _array_to_tensor(src.detach().cpu().numpy(), _name(src))
+    if isinstance(src, (str, os.PathLike)):
+        path = Path(src)
+        if path.suffix.lower() not in IMAGE_SUFFIXES:
+            raise MediaError(f"{path}: unsupported image format {path.suffix or '(no extension)'!r}")
+        src = _open_image_file(path)
+    if isinstance(src, Image.Image):
+        return _array_to_tensor(np.asarray(_pil_to_rgb(src)), _name(src))
+    if isinstance(src, np.ndarray):
+        return _array_to_tensor(src, _name(src))
+    raise MediaError(f"{_name(src)}: not an image (expected a path, PIL image, numpy array or tensor)")
+
+
+def _sample_indices(n: int, num_frames: int | None, fps: float | None, src_fps: float | None) -> list[int]:
+    if fps is not None and src_fps:
+        step = max(src_fps / fps, 1.0)
+        idx = [int(i * step) for i in range(int(n / step))] or [0]
+    else:
+        idx = list(range(n))
+    if num_frames is not None and len(idx) > num_frames:
+        idx = [idx[round(i * (len(idx) - 1) / max(num_frames - 1, 1))] for i in range(num_frames)]
+    return idx
+
+
+def load_video(src: Any, *, num_frames: int | None = None, fps: float | None = None) -> torch.Tensor:
+    """A video path (mp4/webm/gif/...) or a sequence of frames -> float tensor T×3×H×W in [0, 1].
+
+    Frames are sampled uniformly down to `num_frames`, or at `fps` frames per second.
+    """
+    if isinstance(src, torch.Tensor) and src.ndim == 4:
+        frames, src_fps = src, None
+        if not src.is_floating_point():
+            frames = torch.stack([load_image(f) for f in src])
+    elif isinstance(src, (str, os.PathLike)):
+        frames, src_fps = _decode_video(Path(src))
+    elif isinstance(src, (list, tuple)):
+        frames, src_fps = [load_image(f) for f in src], None
+        if not frames:
+            raise MediaError(f"{_name(src)}: video has no frames")
+        if len({f.shape for f in frames}) > 1:
+            raise MediaError(f"{_name(src)}: frames have different sizes")
+        frames = torch.stack(frames)
+    else:
+        raise MediaError(f"{_name(src)}: not a video (expected a path or a list of frames)")
+    if len(frames) == 0:
+        raise MediaError(f"{_name(src)}: video has no frames")
+    return frames[_sample_indices(len(frames), num_frames, fps, src_fps)]
+
+
+def _decode_video(path: Path) -> tuple[torch.Tensor, float | None]:
+    import av
+
+    if not path.exists():
+        raise MediaError(f"{path}: file not found")
+    if path.suffix.lower() not in VIDEO_SUFFIXES:
+        raise MediaError(f"{path}: unsupported video format {path.suffix or '(no extension)'!r}")
+    if path.stat().st_size == 0:
+        raise MediaError(f"{path}: empty file (0 bytes)")
+    frames = []
+    try:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            rate = float(stream.average_rate) if stream.average_rate else None
+            for frame in container.decode(stream):
+                frames.append(torch.from_numpy(frame.to_ndarray(format="rgb24")).permute(2, 0, 1))
+    except (av.error.FFmpegError, IndexError) as e:
+        if not frames:
+            raise MediaError(f"{path}: no decodable video frames ({e})") from None
+    if not frames:
+        raise MediaError(f"{path}: no decodable video frames")
+    return torch.stack(frames).float() / 255.0, rate
+
+
+def write_video(path: str | os.PathLike, frames: torch.Tensor | np.ndarray, *, fps: int = 8) -> Path:
+    """Write T×3×H×W frames in [0,1] (or T×H×W×3 uint8) to an mp4/webm file with PyAV."""
+    import av
+
+    arr = frames.detach().cpu().numpy() if isinstance(frames, torch.Tensor) else np.asarray(frames)
+    if arr.dtype != np.uint8:
+        arr = (np.clip(arr, 0, 1) * 255 + 0.5).astype(np.uint8)
+    if arr.shape[1] == 3:
+        arr = arr.transpose(0, 2, 3, 1)
+    path = Path(path)
+    codec = "libvpx-vp9" if path.suffix == ".webm" else "libx264"
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream(codec, rate=fps)
+        stream.height, stream.width = arr.shape[1], arr.shape[2]
+        stream.pix_fmt = "yuv420p" if codec == "libx264" else "yuv420p"
+        if codec == "libx264":
+            stream.options = {"crf": "12", "preset": "ultrafast"}
+        for a in arr:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(a, format="rgb24")))
+        container.mux(stream.encode())
+    return path
+
+
+def to_pil(image: torch.Tensor) -> Image.Image:
+    """A 3×H×W float tensor in [0,1] -> PIL RGB image."""
+    arr = (image.detach().clamp(0, 1).cpu().numpy().transpose(1, 2, 0) * 255 + 0.5).astype(np.uint8)
+    return Image.fromarray(arr)
+
+
+def load_media(src: Any, *, video: bool, num_frames: int | None = None) -> torch.Tensor:
+    """`load_video` when `video`, else `load_image`."""
+    return load_video(src, num_frames=num_frames) if video else load_image(src)
+
+
+def is_video_source(src: Any) -> bool:
+    """True for a path with a video suffix other than .gif, a T×3×H×W tensor, or a list of frames."""
+    if isinstance(src, (str, os.PathLike)):
+        return Path(src).suffix.lower() in VIDEO_SUFFIXES - {".gif"}
+    if isinstance(src, torch.Tensor):
+        return src.ndim == 4
+    return isinstance(src, (list, tuple))
+
+
+def broadcast(values: Sequence[Any] | Any, n: int, what: str) -> list[Any]:
+    """One value (or a list of one) repeated n times; a list of n kept; else a clear error."""
+    if isinstance(values, (str, os.PathLike)) or not isinstance(values, (list, tuple)):
+        return [values] * n
+    if len(values) == 1:
+        return list(values) * n
+    if len(values) != n:
+        raise MediaError(f"{what}: got {len(values)} values for {n} items")
+    return list(values)

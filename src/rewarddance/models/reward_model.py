@@ -1,0 +1,239 @@
+"""The generative reward model: r = P("yes") at the answer position of a VLM.
+
+One forward pass of the backbone, the hidden state at the last real position of each
+sequence, and only the "yes"/"no" rows of the LM head (the full-vocabulary softmax is an
+option). Works for any image-text-to-text model transformers loads from a directory.
+
+Example:
+    >>> import rewarddance as rd
+    >>> rm = rd.load("qwen2_vl-tiny")                                  # doctest: +SKIP
+    >>> rm.score(["a red circle"], ["img.png"])                         # doctest: +SKIP
+    [0.49...]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from transformers import AutoModelForImageTextToText, AutoProcessor
+
+from ..context import LAYOUTS, Context, build_context, get_task
+from ..media import MediaError, broadcast, load_image, load_media
+
+CONFIG_NAME = "rewarddance.json"
+NORMALIZATIONS = ("yes_no", "vocab")
+
+
+def resolve_answer_ids(processor: Any, word: str) -> list[int]:
+    """Token ids the model may answer `word` with; the first is the one training targets.
+
+    The primary id is found by rendering the chat template with and without the answer,
+    so it is exactly the token that follows the generation prompt (with or without a
+    leading space, as the family's template makes it). Capitalised and space-prefixed
+    variants that are single tokens are added.
+    """
+    tok = processor.tokenizer
+    user = [{"role": "user", "content": [{"type": "text", "text": "Q"}]}]
+    answer = [{"role": "assistant", "content": [{"type": "text", "text": word}]}]
+    prompt_ids = tok.encode(processor.apply_chat_template(user, add_generation_prompt=True, tokenize=False),
+                            add_special_tokens=False)
+    full_ids = tok.encode(processor.apply_chat_template(user + answer, tokenize=False), add_special_tokens=False)
+    if full_ids[: len(prompt_ids)] != prompt_ids or len(full_ids) <= len(prompt_ids):
+        raise ValueError("the chat template's generation prompt is not a prefix of the rendered answer; "
+                         "cannot locate the answer token")
+    first = full_ids[len(prompt_ids)]
+    if tok.decode([first]).strip() != word:
+        raise ValueError(f"the tokenizer splits the answer {word!r} into several tokens "
+                         f"(first is {tok.decode([first])!r}); a generative reward needs it as one token")
+    ids = [first]
+    for form in (word, " " + word, word.capitalize(), " " + word.capitalize()):
+        enc = tok.encode(form, add_special_tokens=False)
+        if len(enc) == 1 and enc[0] not in ids:
+            ids.append(enc[0])
+    return ids
+
+
+def _last_positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Index of the last real token of each row, for left or right padding."""
+    length = attention_mask.shape[1]
+    return length - 1 - attention_mask.flip(1).int().argmax(1)
+
+
+class RewardModel:
+    """A VLM judge whose reward is P("yes").
+
+    `layout`: "pointwise" (prompt + candidate) or "pairwise" (prompt + reference as image 1
+    + candidate as image 2: r = P(candidate beats reference)). `normalize`: "yes_no"
+    (softmax over the answer tokens, default) or "vocab" (full-vocabulary softmax).
+    """
+
+    def __init__(self, model: torch.nn.Module, processor: Any, *, layout: str = "pointwise",
+                 task: str = "t2i-alignment", normalize: str = "yes_no", num_frames: int = 4,
+                 padding_side: str = "left") -> None:
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+        if normalize not in NORMALIZATIONS:
+            raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {normalize!r}")
+        self.model, self.processor = model, processor
+        self.layout, self.task, self.normalize = layout, task, normalize
+        self.num_frames, self.padding_side = num_frames, padding_side
+        self.yes_ids = resolve_answer_ids(processor, "yes")
+        self.no_ids = resolve_answer_ids(processor, "no")
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, *, device: str = "cpu", dtype: torch.dtype | None = None,
+                        **overrides: Any) -> "RewardModel":
+        """Load a checkpoint directory (model + processor [+ rewarddance.json])."""
+        path = Path(path)
+        if not (path / "config.json").exists():
+            raise FileNotFoundError(f"{path}: no config.json; not a model directory")
+        meta = json.loads((path / CONFIG_NAME).read_text()) if (path / CONFIG_NAME).exists() else {}
+        meta.update(overrides)
+        model = AutoModelForImageTextToText.from_pretrained(
+            path, dtype=dtype or torch.float32, attn_implementation="sdpa").to(device).eval()
+        processor = AutoProcessor.from_pretrained(path)
+        return cls(model, processor, **meta)
+
+    def save_pretrained(self, path: str | os.PathLike) -> None:
+        path = Path(path)
+        self.model.save_pretrained(path)
+        self.processor.save_pretrained(path)
+        (path / CONFIG_NAME).write_text(json.dumps(self.metadata(), indent=2) + "\n")
+
+    def metadata(self) -> dict[str, Any]:
+        return {"layout": self.layout, "task": self.task, "normalize": self.normalize,
+                "num_frames": self.num_frames, "padding_side": self.padding_side}
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    # ------------------------------------------------------------------ core
+    def encode(self, contexts: Sequence[Context], *, add_generation_prompt: bool = True) -> dict[str, torch.Tensor]:
+        """Render contexts with the chat template and run the processor; tensors on the model's device."""
+        texts = [self.processor.apply_chat_template(c.messages, add_generation_prompt=add_generation_prompt,
+                                                    tokenize=False) for c in contexts]
+        batch = self.processor(text=texts, images=[c.images for c in contexts], padding=True,
+                               padding_side=self.padding_side, do_rescale=False, return_tensors="pt")
+        out = {}
+        for k, v in batch.items():
+            v = v.to(self.device)
+            out[k] = v.to(self.dtype) if v.is_floating_point() else v
+        return out
+
+    def answer_logits(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """B×2 log-scores (yes, no) at each sequence's answer position, from one forward pass."""
+        hidden = self.model.model(**inputs, use_cache=False).last_hidden_state
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        h = hidden[rows, _last_positions(inputs["attention_mask"])]
+        head = self.model.get_output_embeddings()
+        n_yes = len(self.yes_ids)
+        if self.normalize == "yes_no":
+            ids = torch.tensor(self.yes_ids + self.no_ids, device=h.device)
+            logits = h @ head.weight[ids].T
+            if getattr(head, "bias", None) is not None:
+                logits = logits + head.bias[ids]
+        else:
+            logits = torch.log_softmax(head(h).float(), dim=-1)[:, self.yes_ids + self.no_ids]
+        logits = logits.float()
+        return torch.stack([logits[:, :n_yes].logsumexp(1), logits[:, n_yes:].logsumexp(1)], dim=1)
+
+    def rewards(self, contexts: Sequence[Context]) -> torch.Tensor:
+        """P(yes) for each context (differentiable; wrap in torch.no_grad() when scoring)."""
+        lp = self.answer_logits(self.encode(contexts))
+        if self.normalize == "yes_no":
+            return torch.sigmoid(lp[:, 0] - lp[:, 1])
+        return lp[:, 0].exp()
+
+    def contexts(self, prompts: Sequence[str] | str, candidates: Sequence[Any], *, references: Any = None,
+                 conditions: Any = None, task: str | None = None) -> list[Context]:
+        """Load media and build one context per candidate, in this checkpoint's layout."""
+        task_obj = get_task(task or self.task)
+        n = len(candidates)
+        prompts = broadcast(prompts, n, "prompts")
+        if self.layout == "pairwise" and references is None:
+            raise ValueError("this is a pairwise reward model: pass references=... (the reference is image 1, "
+                             "the candidate image 2) or use rm.compare(prompt, a, b)")
+        if self.layout == "pointwise" and references is not None:
+            raise ValueError("this is a pointwise reward model; it takes no references (use a pairwise checkpoint)")
+        refs = broadcast(references, n, "references") if references is not None else [None] * n
+        if task_obj.needs_condition and conditions is None:
+            raise ValueError(f"task {task_obj.name!r} needs conditions=... (the image the video starts from)")
+        conds = broadcast(conditions, n, "conditions") if conditions is not None else [None] * n
+        video, frames = task_obj.is_video, self.num_frames
+        return [
+            build_context(task_obj, self.layout, p, load_media(c, video=video, num_frames=frames),
+                          reference=None if r is None else load_media(r, video=video, num_frames=frames),
+                          condition=None if k is None else load_image(k))
+            for p, c, r, k in zip(prompts, candidates, refs, conds)
+        ]
+
+    # ------------------------------------------------------------------ public API
+    def score(self, prompts: Sequence[str] | str, images: Sequence[Any] | Any, *, references: Any = None,
+              task: str | None = None, conditions: Any = None, batch_size: int = 16) -> list[float]:
+        """Reward P(yes) in (0, 1) for each image (or video). One prompt broadcasts over all images.
+
+        Pairwise checkpoints need `references` (one, or one per image): r = P(image beats reference).
+        """
+        images = list(images) if isinstance(images, (list, tuple)) else [images]
+        ctxs = self.contexts(prompts, images, references=references, conditions=conditions, task=task)
+        out: list[float] = []
+        with torch.inference_mode():
+            for i in range(0, len(ctxs), batch_size):
+                out += self.rewards(ctxs[i:i + batch_size]).tolist()
+        return out
+
+    def compare(self, prompt: str, image_a: Any, image_b: Any, *, task: str | None = None,
+                symmetric: bool = True, condition: Any = None) -> float:
+        """P(image_a better than image_b).
+
+        Pairwise: the judge sees B as image 1 and A as image 2; `symmetric` also asks the
+        swapped question and averages P(A>B) with 1 - P(B>A), cancelling position bias.
+        Pointwise: Bradley-Terry on the two rewards, sigmoid(logit r_a - logit r_b).
+        """
+        if self.layout == "pointwise":
+            ra, rb = torch.tensor(self.score(prompt, [image_a, image_b], task=task,
+                                             conditions=condition)).clamp(1e-6, 1 - 1e-6)
+            return torch.sigmoid(torch.logit(ra) - torch.logit(rb)).item()
+        cands, refs = ([image_a, image_b], [image_b, image_a]) if symmetric else ([image_a], [image_b])
+        p = self.score(prompt, cands, references=refs, task=task, conditions=condition)
+        return (p[0] + 1.0 - p[1]) / 2.0 if symmetric else p[0]
+
+    def rank(self, prompt: str, images: Sequence[Any], *, task: str | None = None, condition: Any = None) -> list[int]:
+        """Indices of `images`, best first (pointwise: by reward; pairwise: by total win probability)."""
+        n = len(images)
+        if self.layout == "pointwise" or n < 2:
+            wins = torch.tensor(self.score(prompt, list(images), task=task, conditions=condition)) if n else None
+        else:
+            pairs = [(i, j) for i in range(n) for j in range(n) if i != j]
+            p = self.score(prompt, [images[i] for i, _ in pairs], references=[images[j] for _, j in pairs],
+                           task=task, conditions=condition)
+            wins = torch.zeros(n)
+            for (i, j), pij in zip(pairs, p):  # both orders of each pair: position bias cancels
+                wins[i] += pij
+                wins[j] += 1.0 - pij
+        return [] if n == 0 else torch.argsort(wins, descending=True, stable=True).tolist()
+
+    def reward_fn(self, task: str | None = None) -> Callable[..., torch.Tensor]:
+        """A differentiable reward for ReFL: fn(images, prompts, references=None) -> tensor of shape B.
+
+        `images`: float B×3×H×W (or B×T×3×H×W video) in [0, 1]; gradients flow back to them
+        through the family's own torch image processor and the backbone.
+        """
+        def fn(images: torch.Tensor, prompts: Sequence[str] | str, references: Any = None,
+               conditions: Any = None) -> torch.Tensor:
+            if not isinstance(images, torch.Tensor) or images.ndim not in (4, 5):
+                raise MediaError("reward_fn: images must be a float tensor B×3×H×W or B×T×3×H×W in [0, 1]")
+            refs = list(references) if isinstance(references, torch.Tensor) else references
+            ctxs = self.contexts(prompts, list(images), references=refs, conditions=conditions, task=task)
+            return self.rewards(ctxs)
+        return fn
