@@ -1,0 +1,66 @@
+"""Measurable quality defects of an image: noise, blur, JPEG blocking, colour drift.
+
+Each is estimated from pixels alone and turned into a penalty (0 = clean); the quality
+score is exp(-sum of penalties), in (0, 1].
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+# Penalty scales: the estimate at which a defect costs a factor e^-1 of quality.
+_SCALES = {"noise": 0.03, "blur": 0.25, "jpeg": 0.25, "colour": 12.0}
+_CLEAN = {"noise": 0.006, "blur": 0.0, "jpeg": 0.15, "colour": 3.0}  # estimates on clean renders: no penalty
+
+
+def estimate_noise(gray: np.ndarray) -> float:
+    """Immerkaer's fast noise sigma estimate (gray in [0,1])."""
+    k = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], dtype=np.float32)
+    conv = ndimage.convolve(gray, k, mode="reflect")[1:-1, 1:-1]
+    return float(np.sqrt(np.pi / 2) * np.abs(conv).mean() / 6)
+
+
+def estimate_blur(x: np.ndarray) -> float:
+    """1 - (one-pixel step / 3x3 range) at strong edges: 0 when edges are crisp, towards 1 when smeared."""
+    rng = (ndimage.maximum_filter(x, size=(3, 3, 1)) - ndimage.minimum_filter(x, size=(3, 3, 1))).max(2)
+    step = np.zeros_like(rng)
+    step[:, :-1] = np.abs(np.diff(x, axis=1)).max(2)
+    step[:-1, :] = np.maximum(step[:-1, :], np.abs(np.diff(x, axis=0)).max(2))
+    edges = rng > 0.3
+    if edges.sum() < 8:
+        return 0.0
+    ratio = ndimage.maximum_filter(step, size=3)[edges] / rng[edges]
+    return float(max(0.0, 0.85 - np.median(ratio)))
+
+
+def estimate_blocking(gray: np.ndarray) -> float:
+    """Excess of luminance jumps across 8-px block borders over jumps elsewhere (JPEG blocking)."""
+    dx = np.abs(np.diff(gray, axis=1))
+    dy = np.abs(np.diff(gray, axis=0))
+    at = np.concatenate([dx[:, 7::8].ravel(), dy[7::8, :].ravel()])
+    mask_x = np.ones(dx.shape[1], bool)
+    mask_x[7::8] = False
+    mask_y = np.ones(dy.shape[0], bool)
+    mask_y[7::8] = False
+    off = np.concatenate([dx[:, mask_x].ravel(), dy[mask_y, :].ravel()])
+    # compare small (non-edge) jumps only: object edges would otherwise dominate
+    at, off = at[at < 0.1], off[off < 0.1]
+    if len(at) == 0 or len(off) == 0:
+        return 0.0
+    return float(at.mean() / max(off.mean(), 1e-4) - 1.0)
+
+
+def quality_defects(arr: np.ndarray, detections: list) -> dict[str, float]:
+    """Raw defect estimates of an RGB uint8 image (and its detections, for colour drift)."""
+    x = arr.astype(np.float32) / 255.0
+    gray = x.mean(2)
+    colour = float(np.mean([d.hue_error for d in detections])) if detections else 0.0
+    return {"noise": estimate_noise(gray), "blur": estimate_blur(x), "jpeg": estimate_blocking(gray),
+            "colour": colour}
+
+
+def quality_score(defects: dict[str, float]) -> float:
+    """exp(-sum of penalties) in (0, 1]; 1 for a clean render."""
+    penalty = sum(max(0.0, defects[k] - _CLEAN[k]) / _SCALES[k] for k in _SCALES)
+    return float(np.exp(-penalty))
