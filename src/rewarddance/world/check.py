@@ -87,13 +87,16 @@ def _as_array(image: Any) -> np.ndarray:
 
 
 def _hsv(arr: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    x = arr.astype(np.float32) / 255.0
+    """Hue (degrees; only meaningful where saturated), saturation and value of an RGB uint8 array."""
+    x = arr.astype(np.float32) * (1.0 / 255.0)
     mx, mn = x.max(2), x.min(2)
     delta = mx - mn
-    sat = np.where(mx > 0, delta / np.maximum(mx, 1e-6), 0.0)
-    r, g, b = x[..., 0], x[..., 1], x[..., 2]
-    d = np.maximum(delta, 1e-6)
-    hue = np.where(mx == r, ((g - b) / d) % 6, np.where(mx == g, (b - r) / d + 2, (r - g) / d + 4)) * 60.0
+    sat = delta / np.maximum(mx, 1e-6)
+    hue = np.zeros_like(sat)
+    fg = (sat > MIN_SATURATION) & (mx > MIN_VALUE)
+    r, g, b = x[fg, 0], x[fg, 1], x[fg, 2]
+    m, d = mx[fg], delta[fg]
+    hue[fg] = np.where(m == r, ((g - b) / d) % 6, np.where(m == g, (b - r) / d + 2, (r - g) / d + 4)) * 60.0
     return hue, sat, mx
 
 
@@ -110,8 +113,6 @@ def _classify(mask: np.ndarray) -> tuple[str, float]:
     py = np.concatenate([ey, ey, ey + 1, ey + 1]).astype(np.float64)
     px = np.concatenate([ex, ex + 1, ex, ex + 1]).astype(np.float64)
     r_max = np.sqrt(((py - cy) ** 2 + (px - cx) ** 2).max())
-    hull_area = _hull_area(px, py)
-    solidity = area_f / max(hull_area, 1.0)
     if holes / area_f > 0.1:
         return "ring", 2 * r_max
     # The polygons differ by rotational symmetry: the strongest of the 3rd, 4th and 5th
@@ -128,37 +129,45 @@ def _classify(mask: np.ndarray) -> tuple[str, float]:
         return "triangle", 2 * r_max
     if order == 5:
         return "star", 2 * r_max
+    solidity = area_f / max(_hull_area(filled), 1.0)  # 4-fold: convex square or concave cross
     return ("square" if solidity > 0.79 else "cross"), 2 * r_max
 
 
-def _hull_area(x: np.ndarray, y: np.ndarray) -> float:
-    """Area of the convex hull of points (monotone chain; tiny point sets, no scipy.spatial)."""
-    pts = np.unique(np.stack([x, y], 1), axis=0)
+def _hull_area(filled: np.ndarray) -> float:
+    """Area of the convex hull of a mask's pixel squares (monotone chain over row extremes)."""
+    rows = np.nonzero(filled.any(1))[0]
+    left = filled[rows].argmax(1)
+    right = filled.shape[1] - filled[rows, ::-1].argmax(1)
+    pts = sorted({(float(x), float(y)) for r, lo, hi in zip(rows, left, right)
+                  for x, y in ((lo, r), (lo, r + 1), (hi, r), (hi, r + 1))})
     if len(pts) < 3:
         return 0.0
 
     def half(points):
-        out = []
+        out: list[tuple[float, float]] = []
         for p in points:
-            while len(out) >= 2 and np.cross(out[-1] - out[-2], p - out[-2]) <= 0:
+            while len(out) >= 2 and ((out[-1][0] - out[-2][0]) * (p[1] - out[-2][1])
+                                     - (out[-1][1] - out[-2][1]) * (p[0] - out[-2][0])) <= 0:
                 out.pop()
             out.append(p)
         return out
 
-    hull = np.array(half(pts)[:-1] + half(pts[::-1])[:-1])
-    hx, hy = hull[:, 0], hull[:, 1]
-    return 0.5 * abs(np.dot(hx, np.roll(hy, -1)) - np.dot(hy, np.roll(hx, -1)))
+    hull = half(pts)[:-1] + half(pts[::-1])[:-1]
+    return 0.5 * abs(sum(x0 * y1 - x1 * y0 for (x0, y0), (x1, y1) in zip(hull, hull[1:] + hull[:1])))
 
 
 def detect(image: Any) -> list[Detection]:
     """Objects in an RGB image (PIL, numpy HxWx3, path or 3×H×W tensor)."""
-    arr = _as_array(image)
+    return _detect(_as_array(image))[0]
+
+
+def _detect(arr: np.ndarray) -> tuple[list[Detection], np.ndarray]:
     h, w = arr.shape[:2]
     hue, sat, val = _hsv(arr)
     fg = (sat > MIN_SATURATION) & (val > MIN_VALUE)
     labels, n = ndimage.label(fg)
     if n == 0:
-        return []
+        return [], sat
     min_area = max(4, int(0.003 * h * w))
     hue_idx = np.round(hue).astype(int) % 360
     out = []
@@ -177,7 +186,7 @@ def detect(image: Any) -> list[Detection]:
         out.append(Detection(_NAMES[colour_idx], shape, (xs.mean() + sl[1].start + 0.5) / w,
                              (ys.mean() + sl[0].start + 0.5) / h, diam / w, area, cropped,
                              float(np.abs(diff.mean()))))
-    return out
+    return out, sat
 
 
 def _matches(d: Detection, phrase) -> bool:
@@ -214,13 +223,14 @@ def evaluate(spec: Spec, detections: list[Detection]) -> list[tuple[str, bool]]:
     return constraints
 
 
-def check(image: Any, prompt: str) -> CheckResult:
-    """Which constraints of `prompt` hold in `image`, an alignment score in [0,1], pass/fail, and quality."""
+def check(image: Any, prompt: str, *, quality: bool = True) -> CheckResult:
+    """Which constraints of `prompt` hold in `image`, an alignment score in [0,1], pass/fail, and
+    (unless `quality=False`, which is faster) a quality score from measured defects."""
     spec = parse_prompt(prompt)
     arr = _as_array(image)
-    dets = detect(arr)
+    dets, sat = _detect(arr)
     constraints = evaluate(spec, dets)
     held = sum(h for _, h in constraints)
-    defects = quality_defects(arr, dets)
+    defects = quality_defects(arr, sat, dets) if quality else {}
     return CheckResult(prompt, held == len(constraints), held / len(constraints), constraints, dets,
-                       quality_score(defects), defects)
+                       quality_score(defects) if quality else float("nan"), defects)

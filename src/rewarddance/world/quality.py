@@ -21,12 +21,13 @@ def estimate_noise(gray: np.ndarray) -> float:
     return float(np.sqrt(np.pi / 2) * np.abs(conv).mean() / 6)
 
 
-def estimate_blur(x: np.ndarray) -> float:
-    """1 - (one-pixel step / 3x3 range) at strong edges: 0 when edges are crisp, towards 1 when smeared."""
-    rng = (ndimage.maximum_filter(x, size=(3, 3, 1)) - ndimage.minimum_filter(x, size=(3, 3, 1))).max(2)
+def estimate_blur(sat: np.ndarray) -> float:
+    """1 - (one-pixel step / 3x3 range) at strong edges of the saturation image (objects are
+    saturated, backgrounds grey): 0 when edges are crisp, towards 1 when smeared."""
+    rng = ndimage.maximum_filter(sat, size=3) - ndimage.minimum_filter(sat, size=3)
     step = np.zeros_like(rng)
-    step[:, :-1] = np.abs(np.diff(x, axis=1)).max(2)
-    step[:-1, :] = np.maximum(step[:-1, :], np.abs(np.diff(x, axis=0)).max(2))
+    step[:, :-1] = np.abs(np.diff(sat, axis=1))
+    step[:-1, :] = np.maximum(step[:-1, :], np.abs(np.diff(sat, axis=0)))
     edges = rng > 0.3
     if edges.sum() < 8:
         return 0.0
@@ -51,12 +52,11 @@ def estimate_blocking(gray: np.ndarray) -> float:
     return float(at.mean() / max(off.mean(), 1e-4) - 1.0)
 
 
-def quality_defects(arr: np.ndarray, detections: list) -> dict[str, float]:
-    """Raw defect estimates of an RGB uint8 image (and its detections, for colour drift)."""
-    x = arr.astype(np.float32) / 255.0
-    gray = x.mean(2)
+def quality_defects(arr: np.ndarray, sat: np.ndarray, detections: list) -> dict[str, float]:
+    """Raw defect estimates of an RGB uint8 image, given its saturation and detections."""
+    gray = arr.astype(np.float32).mean(2) / 255.0
     colour = float(np.mean([d.hue_error for d in detections])) if detections else 0.0
-    return {"noise": estimate_noise(gray), "blur": estimate_blur(x), "jpeg": estimate_blocking(gray),
+    return {"noise": estimate_noise(gray), "blur": estimate_blur(sat), "jpeg": estimate_blocking(gray),
             "colour": colour}
 
 
