@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -26,7 +27,7 @@ VIDEO_SUFFIXES = {".mp4", ".webm", ".gif", ".mkv", ".mov", ".avi"}
 # Images larger than this are decoded at reduced size (or refused beyond BOMB_PIXELS):
 # a judge never needs more than a few megapixels, and a crafted PNG can claim gigapixels.
 MAX_PIXELS = 4096 * 4096
-BOMB_PIXELS = 16 * MAX_PIXELS
+BOMB_PIXELS = 8 * MAX_PIXELS  # below PIL's own hard limit, so our message is the one users see
 MAX_SIDE = 2048
 
 
@@ -71,22 +72,23 @@ def _open_image_file(path: Path) -> Image.Image:
         raise MediaError(f"{path}: empty file (0 bytes)")
     try:
         img = Image.open(path)
+    except Image.DecompressionBombError:
+        raise MediaError(f"{path}: image is over the {BOMB_PIXELS} pixel limit (decompression bomb?)") from None
     except UnidentifiedImageError:
         raise MediaError(f"{path}: not a readable image (corrupt or unsupported format)") from None
     except OSError as e:
-        raise MediaError(f"{path}: cannot open image ({e})") from None
+        raise MediaError(f"{path}: corrupt image ({e})") from None
     w, h = img.size
     if w * h > BOMB_PIXELS:
         raise MediaError(f"{path}: image is {w}x{h} pixels, over the {BOMB_PIXELS} limit (decompression bomb?)")
     if w * h > MAX_PIXELS:
         img.draft("RGB", (MAX_SIDE, MAX_SIDE))  # JPEG decodes at reduced scale; others are resized below
     try:
-        Image.MAX_IMAGE_PIXELS, old = None, Image.MAX_IMAGE_PIXELS  # our own guard is above
-        img.load()
+        with warnings.catch_warnings():  # sizes between PIL's warning and our limit are handled here
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img.load()
     except (OSError, SyntaxError, ValueError) as e:
         raise MediaError(f"{path}: corrupt image ({e})") from None
-    finally:
-        Image.MAX_IMAGE_PIXELS = old
     if max(img.size) > MAX_SIDE and img.size[0] * img.size[1] > MAX_PIXELS:
         img.thumbnail((MAX_SIDE, MAX_SIDE))
     return ImageOps.exif_transpose(img)
@@ -97,7 +99,7 @@ def _array_to_tensor(arr: np.ndarray, name: str) -> torch.Tensor:
         arr = arr[:, :, None]
     if arr.ndim != 3:
         raise MediaError(f"{name}: image array must be HxW, HxWxC or CxHxW, got shape {arr.shape}")
-    if arr.shape[0] in (1, 3, 4) and arr.shape[2] not in (1, 3, 4):
+    if arr.shape[0] in (1, 3, 4) and arr.shape[2] > 4:
         arr = arr.transpose(1, 2, 0)  # CHW -> HWC
     if arr.shape[2] not in (1, 3, 4):
         raise MediaError(f"{name}: image must have 1, 3 or 4 channels, got shape {arr.shape}")

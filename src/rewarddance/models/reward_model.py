@@ -192,21 +192,32 @@ class RewardModel:
                 out += self.rewards(ctxs[i:i + batch_size]).tolist()
         return out
 
-    def compare(self, prompt: str, image_a: Any, image_b: Any, *, task: str | None = None,
-                symmetric: bool = True, condition: Any = None) -> float:
-        """P(image_a better than image_b).
+    def pair_contexts(self, prompt: str, image_a: Any, image_b: Any, *, task: str | None = None,
+                      symmetric: bool = True, condition: Any = None) -> list[Context]:
+        """The contexts whose rewards `pair_probability` turns into P(image_a better than image_b)."""
+        if self.layout == "pointwise":
+            return self.contexts(prompt, [image_a, image_b], conditions=condition, task=task)
+        cands, refs = ([image_a, image_b], [image_b, image_a]) if symmetric else ([image_a], [image_b])
+        return self.contexts(prompt, cands, references=refs, conditions=condition, task=task)
 
-        Pairwise: the judge sees B as image 1 and A as image 2; `symmetric` also asks the
-        swapped question and averages P(A>B) with 1 - P(B>A), cancelling position bias.
+    def pair_probability(self, rewards: Sequence[float]) -> float:
+        """P(A better than B) from the rewards of `pair_contexts` (in its order).
+
+        Pairwise: the judge saw B as image 1 and A as image 2; with the swapped question too
+        (symmetric), P(A>B) and 1 - P(B>A) are averaged, cancelling position bias.
         Pointwise: Bradley-Terry on the two rewards, sigmoid(logit r_a - logit r_b).
         """
         if self.layout == "pointwise":
-            ra, rb = torch.tensor(self.score(prompt, [image_a, image_b], task=task,
-                                             conditions=condition)).clamp(1e-6, 1 - 1e-6)
+            ra, rb = torch.tensor(list(rewards), dtype=torch.float64).clamp(1e-9, 1 - 1e-9)
             return torch.sigmoid(torch.logit(ra) - torch.logit(rb)).item()
-        cands, refs = ([image_a, image_b], [image_b, image_a]) if symmetric else ([image_a], [image_b])
-        p = self.score(prompt, cands, references=refs, task=task, conditions=condition)
-        return (p[0] + 1.0 - p[1]) / 2.0 if symmetric else p[0]
+        return (rewards[0] + 1.0 - rewards[1]) / 2.0 if len(rewards) == 2 else rewards[0]
+
+    def compare(self, prompt: str, image_a: Any, image_b: Any, *, task: str | None = None,
+                symmetric: bool = True, condition: Any = None) -> float:
+        """P(image_a better than image_b); see `pair_probability` for how each layout answers."""
+        ctxs = self.pair_contexts(prompt, image_a, image_b, task=task, symmetric=symmetric, condition=condition)
+        with torch.inference_mode():
+            return self.pair_probability(self.rewards(ctxs).tolist())
 
     def rank(self, prompt: str, images: Sequence[Any], *, task: str | None = None, condition: Any = None) -> list[int]:
         """Indices of `images`, best first (pointwise: by reward; pairwise: by total win probability)."""

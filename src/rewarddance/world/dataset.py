@@ -140,13 +140,19 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
 
 
 def build_world(out: str | Path, n: int = 2000, *, seed: int = 0, size: int = 64, label_noise: float = 0.1,
-                n_candidates: int = 8, video: bool = False, progress: bool = True) -> dict[str, int]:
-    """Write the ShapeWorld dataset to `out`; returns the number of records per file."""
+                n_candidates: int = 8, video: bool = False, n_test: int | None = None, n_video: int | None = None,
+                progress: bool = True) -> dict[str, int]:
+    """Write the ShapeWorld dataset to `out`; returns the number of records per file.
+
+    `n_test` defaults to max(400, n / 5) held-out pairs, `n_video` to max(40, n / 10) video pairs.
+    """
+    n_test = n_test if n_test is not None else max(400, n // 5)
+    n_video = n_video if n_video is not None else max(40, n // 10)
     out = Path(out)
     w = _Writer(out)
     rng = np.random.default_rng(seed)
     counts: dict[str, int] = {}
-    bar = tqdm(total=n + max(400, n // 5), desc="pairs", disable=not progress, unit="pair")
+    bar = tqdm(total=n + n_test, desc="pairs", disable=not progress, unit="pair")
 
     train, pw_train = [], []
     for i in range(n):
@@ -168,7 +174,6 @@ def build_world(out: str | Path, n: int = 2000, *, seed: int = 0, size: int = 64
         bar.update()
 
     test, pw_test = [], []
-    n_test = max(400, n // 5)
     while len(test) < n_test:
         split = "id" if len(test) % 2 == 0 else "ood"
         spec, style = (_id_spec(rng), Style()) if split == "id" else _ood_spec(rng)
@@ -204,7 +209,7 @@ def build_world(out: str | Path, n: int = 2000, *, seed: int = 0, size: int = 64
     if video:
         from .video import build_video_records
 
-        vtrain, vtest = build_video_records(rng, out, max(40, n // 10), size=size)
+        vtrain, vtest = build_video_records(rng, out, n_video, n_test=max(n_video // 5, 10), size=size)
         files |= {"video-train.jsonl": vtrain, "video-test.jsonl": vtest}
     for name, rows in files.items():
         _write_jsonl(out / name, rows)

@@ -1,0 +1,291 @@
+"""The `rewarddance` command: init-model, score, data world.
+
+    rewarddance init-model --arch qwen2_5_vl --size tiny --out models/tiny
+    rewarddance score --model models/tiny --prompt "a red circle" a.png b.png
+    rewarddance score --model models/tiny --input pairs.jsonl --output scores.jsonl
+    rewarddance data world --out data/world --n 2000
+
+Exit codes: 0 ok, 1 some rows or images failed, 2 usage error. User errors print one
+line, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+EXIT_OK, EXIT_ROWS_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _quiet_transformers() -> None:
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def _load_model(spec: str, args: argparse.Namespace):
+    import rewarddance as rd
+
+    overrides = {"layout": args.layout} if getattr(args, "layout", None) else {}
+    return rd.load(spec, **overrides)
+
+
+# ------------------------------------------------------------------ init-model
+def cmd_init_model(args: argparse.Namespace) -> int:
+    import json as _json
+
+    from .models.presets import build_preset
+    from .models.reward_model import CONFIG_NAME
+
+    _quiet_transformers()
+    out = build_preset(args.arch, args.size, args.out, seed=args.seed)
+    meta = {"layout": args.layout, "task": args.task}
+    (out / CONFIG_NAME).write_text(_json.dumps(meta, indent=2) + "\n")
+    n = _param_count(out)
+    print(f"wrote {args.arch}-{args.size} ({n / 1e6:.2f}M parameters, {args.layout}) to {out}")
+    return EXIT_OK
+
+
+def _param_count(path: Path) -> int:
+    from safetensors import safe_open
+
+    total = 0
+    for f in path.glob("*.safetensors"):
+        with safe_open(f, "pt") as st:
+            for k in st.keys():
+                n = 1
+                for d in st.get_slice(k).get_shape():
+                    n *= d
+                total += n
+    return total
+
+
+# ------------------------------------------------------------------ score
+def cmd_score(args: argparse.Namespace) -> int:
+    if bool(args.input) == bool(args.images):
+        raise UsageError("give either images (with --prompt) or --input MANIFEST, not both/neither")
+    if args.images and not args.prompt:
+        raise UsageError("--prompt is required when scoring images")
+    if args.input and not args.output:
+        raise UsageError("--output is required with --input")
+    _quiet_transformers()
+    rm = _load_model(args.model, args)
+    if args.input:
+        ok, failed = score_manifest(rm, Path(args.input), Path(args.output), task=args.task, strict=args.strict,
+                                    batch_size=args.batch_size)
+        print(f"scored {ok} rows, {failed} failed -> {args.output}", file=sys.stderr)
+        return EXIT_ROWS_FAILED if failed else EXIT_OK
+    return score_images(rm, args)
+
+
+def score_images(rm, args: argparse.Namespace) -> int:
+    from .media import MediaError
+
+    if rm.layout == "pairwise" and not args.reference:
+        raise UsageError("this is a pairwise reward model: pass --reference IMAGE (the candidate is compared "
+                         "with it)")
+    rows, failed = [], 0
+    for img in args.images:
+        try:
+            ctx = rm.contexts(args.prompt, [img], references=[args.reference] if args.reference else None,
+                              task=args.task)
+        except (MediaError, ValueError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            failed += 1
+            if args.strict:
+                return EXIT_ROWS_FAILED
+            continue
+        rows.append((img, ctx[0]))
+    import torch
+
+    rewards: list[float] = []
+    with torch.inference_mode():
+        for i in range(0, len(rows), args.batch_size):
+            rewards += rm.rewards([c for _, c in rows[i:i + args.batch_size]]).tolist()
+    if rows:
+        width = max(len(str(p)) for p, _ in rows)
+        print(f"{'image':<{width}}  reward")
+        for (p, _), r in zip(rows, rewards):
+            print(f"{str(p):<{width}}  {r:.4f}")
+    return EXIT_ROWS_FAILED if failed else EXIT_OK
+
+
+def _done_keys(output: Path) -> dict[str, str]:
+    """Rows of an earlier run that succeeded, by key (rows with an error are retried)."""
+    done: dict[str, str] = {}
+    if output.exists():
+        for text in output.read_text().splitlines():
+            try:
+                row = json.loads(text)
+            except json.JSONDecodeError:
+                continue  # a line cut off by a crash: that row is scored again
+            if "error" not in row and "key" in row:
+                done[row["key"]] = text
+    return done
+
+
+def score_manifest(rm, input: Path, output: Path, *, task: str | None = None, strict: bool = False,
+                   batch_size: int = 16, progress: bool = True) -> tuple[int, int]:
+    """Score every row of a manifest into `output` (JSONL, one line per input row, written as it goes).
+
+    Pairwise rows get `p_b_better` = P(image_b better than image_a); pointwise rows `reward`.
+    A re-run keeps finished rows and scores the rest. Returns (rows ok, rows failed).
+    """
+    import torch
+    from tqdm import tqdm
+
+    from .data import RecordError, read_manifest
+    from .media import MediaError
+
+    if not input.exists():
+        raise UsageError(f"{input}: manifest not found")
+    done = _done_keys(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_suffix(output.suffix + ".tmp")
+    tmp.write_text("".join(t + "\n" for t in done.values()))
+    os.replace(tmp, output)  # keep only finished rows, atomically
+    records = list(read_manifest(input))
+    ok, failed = len([r for r in records if getattr(r, "key", None) in done]), 0
+    todo = [r for r in records if getattr(r, "key", None) not in done]
+    with output.open("a") as out, tqdm(total=len(todo), desc="scoring", unit="row", disable=not progress,
+                                      file=sys.stderr) as bar:
+        def emit(row: dict[str, Any]) -> None:
+            out.write(json.dumps(row) + "\n")
+            out.flush()
+
+        for i in range(0, len(todo), batch_size):
+            built, errors = [], []
+            for rec in todo[i:i + batch_size]:
+                try:
+                    if isinstance(rec, RecordError):
+                        raise rec
+                    built.append((rec, _record_contexts(rm, rec, task)))
+                except (MediaError, ValueError) as e:
+                    errors.append({"key": getattr(rec, "key", ""), "line": rec.line, "error": str(e)})
+                    if strict:
+                        break  # rows read before the bad one are still scored and kept
+            flat = [c for _, cs in built for c in cs]
+            with torch.inference_mode():
+                rewards = rm.rewards(flat).tolist() if flat else []
+            pos = 0
+            for rec, cs in built:
+                r = rewards[pos:pos + len(cs)]
+                pos += len(cs)
+                row = {"key": rec.key, "line": rec.line}
+                if "id" in rec.raw:
+                    row["id"] = rec.raw["id"]
+                if rec.kind == "pairwise":
+                    row["p_b_better"] = rm.pair_probability(r[::-1] if rm.layout == "pointwise" else r)
+                else:
+                    row["reward"] = r[0]
+                emit(row)
+            for row in errors:
+                emit(row)
+                print(f"error: {row['error']}", file=sys.stderr)
+            ok, failed = ok + len(built), failed + len(errors)
+            bar.update(len(built) + len(errors))
+            if strict and errors:
+                break
+    return ok, failed
+
+
+def _record_contexts(rm, rec, task: str | None):
+    """Contexts for one record: pointwise -> its reward; pairwise -> those giving P(b better than a)."""
+    task = rec.task or task
+    cond = rec.media.get("condition")
+    if rec.kind == "pairwise":
+        a, b = rec.media["a"], rec.media["b"]
+        return rm.pair_contexts(rec.prompt, b, a, task=task, condition=cond)
+    ref = rec.media.get("reference")
+    if rm.layout == "pairwise" and ref is None:
+        raise ValueError(f"row {rec.key}: a pairwise model needs a 'reference' for a single-image row")
+    return rm.contexts(rec.prompt, [rec.media["candidate"]], references=[ref] if ref else None,
+                       conditions=cond, task=task)
+
+
+# ------------------------------------------------------------------ data
+def cmd_data_world(args: argparse.Namespace) -> int:
+    from .world.dataset import build_world
+
+    counts = build_world(args.out, args.n, seed=args.seed, size=args.size, video=args.video,
+                         label_noise=args.label_noise, n_test=args.n_test, n_video=args.n_video)
+    for name, n in counts.items():
+        print(f"{n:7d}  {Path(args.out) / name}")
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------ main
+class UsageError(Exception):
+    """Bad arguments: exit code 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .context import LAYOUTS
+    from .models.presets import ARCHS, SIZES
+
+    p = argparse.ArgumentParser(prog="rewarddance", description="Generative reward models for image/video generation")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    q = sub.add_parser("init-model", help="write a randomly initialised preset of a real VLM architecture")
+    q.add_argument("--arch", required=True, choices=ARCHS)
+    q.add_argument("--size", required=True, choices=SIZES)
+    q.add_argument("--out", required=True)
+    q.add_argument("--layout", default="pointwise", choices=LAYOUTS)
+    q.add_argument("--task", default="t2i-alignment")
+    q.add_argument("--seed", type=int, default=0)
+    q.set_defaults(func=cmd_init_model)
+
+    q = sub.add_parser("score", help="score images, or a manifest of records")
+    q.add_argument("--model", required=True, help="checkpoint directory or preset name (e.g. qwen2_vl-tiny)")
+    q.add_argument("--task", default=None, help="built-in task name or a task .yaml (default: the model's)")
+    q.add_argument("--layout", default=None, choices=LAYOUTS, help="override the checkpoint's layout")
+    q.add_argument("--prompt")
+    q.add_argument("--reference", help="reference image (pairwise models): reward = P(image beats reference)")
+    q.add_argument("--input", help="manifest JSONL to score")
+    q.add_argument("--output", help="scores JSONL (one row per input row; a re-run resumes)")
+    q.add_argument("--strict", action="store_true", help="stop at the first bad row")
+    q.add_argument("--batch-size", type=int, default=16)
+    q.add_argument("images", nargs="*")
+    q.set_defaults(func=cmd_score)
+
+    q = sub.add_parser("data", help="build datasets")
+    dsub = q.add_subparsers(dest="dataset", required=True)
+    w = dsub.add_parser("world", help="ShapeWorld preference, pointwise, reference and pretraining data")
+    w.add_argument("--out", required=True)
+    w.add_argument("--n", type=int, default=2000, help="training pairs")
+    w.add_argument("--seed", type=int, default=0)
+    w.add_argument("--size", type=int, default=64)
+    w.add_argument("--label-noise", type=float, default=0.1)
+    w.add_argument("--video", action="store_true", help="also write video-train/test.jsonl")
+    w.add_argument("--n-test", type=int, default=None, help="held-out pairs (default max(400, n/5))")
+    w.add_argument("--n-video", type=int, default=None, help="video training pairs (default max(40, n/10))")
+    w.set_defaults(func=cmd_data_world)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .data import RecordError
+    from .media import MediaError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except UsageError as e:
+        print(f"rewarddance {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except (MediaError, RecordError, ValueError, FileNotFoundError, OSError) as e:
+        print(f"rewarddance {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted; finished rows are kept, re-run to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
