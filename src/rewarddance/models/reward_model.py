@@ -23,6 +23,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from ..context import LAYOUTS, Context, build_context, get_task
 from ..media import MediaError, broadcast, load_image, load_media
+from .fast import PrefixScorer, content_key
 
 CONFIG_NAME = "rewarddance.json"
 NORMALIZATIONS = ("yes_no", "vocab")
@@ -73,7 +74,7 @@ class RewardModel:
 
     def __init__(self, model: torch.nn.Module, processor: Any, *, layout: str = "pointwise",
                  task: str = "t2i-alignment", normalize: str = "yes_no", num_frames: int = 4,
-                 padding_side: str = "left") -> None:
+                 padding_side: str = "left", fast: bool = True) -> None:
         if layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
         if normalize not in NORMALIZATIONS:
@@ -83,6 +84,8 @@ class RewardModel:
         self.num_frames, self.padding_side = num_frames, padding_side
         self.yes_ids = resolve_answer_ids(processor, "yes")
         self.no_ids = resolve_answer_ids(processor, "no")
+        # shared-prefix KV cache + vision-feature reuse where the family allows it (see fast.py)
+        self.prefix_scorer = PrefixScorer(self) if fast and PrefixScorer.supports(model) else None
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -134,7 +137,10 @@ class RewardModel:
         """B×2 log-scores (yes, no) at each sequence's answer position, from one forward pass."""
         hidden = self.model.model(**inputs, use_cache=False).last_hidden_state
         rows = torch.arange(hidden.shape[0], device=hidden.device)
-        h = hidden[rows, _last_positions(inputs["attention_mask"])]
+        return self.head_scores(hidden[rows, _last_positions(inputs["attention_mask"])])
+
+    def head_scores(self, h: torch.Tensor) -> torch.Tensor:
+        """B×2 log-scores (yes, no) from final hidden states B×H: only the answer rows of the LM head."""
         head = self.model.get_output_embeddings()
         n_yes = len(self.yes_ids)
         if self.normalize == "yes_no":
@@ -149,14 +155,18 @@ class RewardModel:
 
     def rewards(self, contexts: Sequence[Context]) -> torch.Tensor:
         """P(yes) for each context (differentiable; wrap in torch.no_grad() when scoring)."""
-        lp = self.answer_logits(self.encode(contexts))
+        return self.reward_from_scores(self.answer_logits(self.encode(contexts)))
+
+    def reward_from_scores(self, lp: torch.Tensor) -> torch.Tensor:
+        """P(yes) from B×2 (yes, no) log-scores."""
         if self.normalize == "yes_no":
             return torch.sigmoid(lp[:, 0] - lp[:, 1])
         return lp[:, 0].exp()
 
-    def contexts(self, prompts: Sequence[str] | str, candidates: Sequence[Any], *, references: Any = None,
-                 conditions: Any = None, task: str | None = None) -> list[Context]:
-        """Load media and build one context per candidate, in this checkpoint's layout."""
+    def load_items(self, prompts: Sequence[str] | str, candidates: Sequence[Any], *, references: Any = None,
+                   conditions: Any = None, task: str | None = None) -> tuple[Any, list[tuple]]:
+        """Check the arguments against this checkpoint's layout and load the media:
+        (task, [(prompt, candidate, reference or None, condition or None), ...])."""
         task_obj = get_task(task or self.task)
         n = len(candidates)
         prompts = broadcast(prompts, n, "prompts")
@@ -170,12 +180,50 @@ class RewardModel:
             raise ValueError(f"task {task_obj.name!r} needs conditions=... (the image the video starts from)")
         conds = broadcast(conditions, n, "conditions") if conditions is not None else [None] * n
         video, frames = task_obj.is_video, self.num_frames
-        return [
-            build_context(task_obj, self.layout, p, load_media(c, video=video, num_frames=frames),
-                          reference=None if r is None else load_media(r, video=video, num_frames=frames),
-                          condition=None if k is None else load_image(k))
-            for p, c, r, k in zip(prompts, candidates, refs, conds)
-        ]
+        items = [(p, load_media(c, video=video, num_frames=frames),
+                  None if r is None else load_media(r, video=video, num_frames=frames),
+                  None if k is None else load_image(k))
+                 for p, c, r, k in zip(prompts, candidates, refs, conds)]
+        return task_obj, items
+
+    def contexts(self, prompts: Sequence[str] | str, candidates: Sequence[Any], *, references: Any = None,
+                 conditions: Any = None, task: str | None = None) -> list[Context]:
+        """Load media and build one context per candidate, in this checkpoint's layout."""
+        task_obj, items = self.load_items(prompts, candidates, references=references, conditions=conditions,
+                                          task=task)
+        return [build_context(task_obj, self.layout, p, c, reference=r, condition=k) for p, c, r, k in items]
+
+    def _score_items(self, task_obj: Any, items: list[tuple], batch_size: int) -> list[float]:
+        """Rewards for loaded items: shared-prefix groups where possible, else length-sorted plain batches."""
+        out: list[float | None] = [None] * len(items)
+        plain: list[int] = []
+        if self.prefix_scorer is not None and not task_obj.is_video:
+            groups: dict[tuple, list[int]] = {}
+            for i, (p, c, r, k) in enumerate(items):
+                if k is not None:
+                    plain.append(i)
+                else:
+                    groups.setdefault((p, None if r is None else content_key(r)), []).append(i)
+            for idx in groups.values():
+                p, _, r, _ = items[idx[0]]
+                try:
+                    rewards = self.prefix_scorer.rewards(task_obj, p, [items[i][1] for i in idx], r, batch_size)
+                except ValueError:  # e.g. candidates of different sizes: no common suffix
+                    plain += idx
+                    continue
+                for i, v in zip(idx, rewards.tolist()):
+                    out[i] = v
+        else:
+            plain = list(range(len(items)))
+        # length-aware batching: similar lengths together, so padding wastes little
+        plain.sort(key=lambda i: (len(items[i][0]), items[i][1].ndim))
+        for j in range(0, len(plain), batch_size):
+            idx = plain[j:j + batch_size]
+            ctxs = [build_context(task_obj, self.layout, *items[i][:1], items[i][1], reference=items[i][2],
+                                  condition=items[i][3]) for i in idx]
+            for i, v in zip(idx, self.rewards(ctxs).tolist()):
+                out[i] = v
+        return out  # type: ignore[return-value]
 
     # ------------------------------------------------------------------ public API
     def score(self, prompts: Sequence[str] | str, images: Sequence[Any] | Any, *, references: Any = None,
@@ -185,20 +233,21 @@ class RewardModel:
         Pairwise checkpoints need `references` (one, or one per image): r = P(image beats reference).
         """
         images = list(images) if isinstance(images, (list, tuple)) else [images]
-        ctxs = self.contexts(prompts, images, references=references, conditions=conditions, task=task)
-        out: list[float] = []
+        task_obj, items = self.load_items(prompts, images, references=references, conditions=conditions, task=task)
         with torch.inference_mode():
-            for i in range(0, len(ctxs), batch_size):
-                out += self.rewards(ctxs[i:i + batch_size]).tolist()
-        return out
+            return self._score_items(task_obj, items, batch_size)
 
     def pair_contexts(self, prompt: str, image_a: Any, image_b: Any, *, task: str | None = None,
                       symmetric: bool = True, condition: Any = None) -> list[Context]:
         """The contexts whose rewards `pair_probability` turns into P(image_a better than image_b)."""
-        if self.layout == "pointwise":
-            return self.contexts(prompt, [image_a, image_b], conditions=condition, task=task)
-        cands, refs = ([image_a, image_b], [image_b, image_a]) if symmetric else ([image_a], [image_b])
+        cands, refs = self._pair_candidates(image_a, image_b, symmetric)
         return self.contexts(prompt, cands, references=refs, conditions=condition, task=task)
+
+    def _pair_candidates(self, image_a: Any, image_b: Any, symmetric: bool) -> tuple[list, list | None]:
+        """Pointwise: score both. Pairwise: B is image 1 and A image 2, and the swap when symmetric."""
+        if self.layout == "pointwise":
+            return [image_a, image_b], None
+        return ([image_a, image_b], [image_b, image_a]) if symmetric else ([image_a], [image_b])
 
     def pair_probability(self, rewards: Sequence[float]) -> float:
         """P(A better than B) from the rewards of `pair_contexts` (in its order).
@@ -215,9 +264,8 @@ class RewardModel:
     def compare(self, prompt: str, image_a: Any, image_b: Any, *, task: str | None = None,
                 symmetric: bool = True, condition: Any = None) -> float:
         """P(image_a better than image_b); see `pair_probability` for how each layout answers."""
-        ctxs = self.pair_contexts(prompt, image_a, image_b, task=task, symmetric=symmetric, condition=condition)
-        with torch.inference_mode():
-            return self.pair_probability(self.rewards(ctxs).tolist())
+        cands, refs = self._pair_candidates(image_a, image_b, symmetric)
+        return self.pair_probability(self.score(prompt, cands, references=refs, task=task, conditions=condition))
 
     def rank(self, prompt: str, images: Sequence[Any], *, task: str | None = None, condition: Any = None) -> list[int]:
         """Indices of `images`, best first (pointwise: by reward; pairwise: by total win probability)."""
