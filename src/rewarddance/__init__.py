@@ -19,7 +19,12 @@ from .models.presets import parse_preset_name, preset_path
 from .models.reward_model import RewardModel
 
 __version__ = "0.1.0"
-__all__ = ["RewardModel", "load", "__version__"]
+__all__ = ["RewardModel", "default_dtype", "load", "__version__"]
+
+
+def default_dtype(device: str | torch.device = "cpu") -> torch.dtype:
+    """The dtype `load` uses when none is given."""
+    return torch.float32
 
 
 def load(path_or_preset: str | os.PathLike, device: str = "cpu", dtype: torch.dtype | None = None,
@@ -29,4 +34,4 @@ def load(path_or_preset: str | os.PathLike, device: str = "cpu", dtype: torch.dt
     path = Path(path_or_preset)
     if not path.exists() and parse_preset_name(str(path_or_preset)) is not None:
         path = preset_path(str(path_or_preset))
-    return RewardModel.from_pretrained(path, device=device, dtype=dtype, **overrides)
+    return RewardModel.from_pretrained(path, device=device, dtype=dtype or default_dtype(device), **overrides)

@@ -31,7 +31,11 @@ _VOCAB_WORDS = (
 
 
 def _corpus() -> list[str]:
+    from ..context import builtin_tasks
+
     lines = []
+    for task in builtin_tasks().values():  # the instructions, verbatim: realistic token counts
+        lines += [task.pointwise, task.pairwise, *task.criteria] * 20
     for a, w in itertools.product(ANSWER_WORDS, _VOCAB_WORDS):
         lines += [f"{a}", f"{a}, {w}", f"{w} {a}", f"{a}. {w} {w}"]
     for w1, w2 in itertools.product(_VOCAB_WORDS, repeat=2):
