@@ -153,12 +153,55 @@ def bench_preset(name: str, dtype: torch.dtype, n_prompts: int, with_generate: b
     return res
 
 
+def dtype_study(name: str, n_prompts: int) -> dict:
+    """Ours in float32 vs bfloat16 on the same pairwise K=4 workload: speed and reward difference."""
+    prompts, cands, refs = workload(n_prompts, 4, seed=1)
+    out, rewards = {}, {}
+    for dtype in (torch.float32, torch.bfloat16):
+        rm = rd.load(preset_path(name), layout="pairwise", dtype=dtype)
+        run_ours(rm, prompts[:BATCH], cands[:BATCH], refs[:BATCH])
+        t, rewards[dtype] = timed(run_ours, rm, prompts, cands, refs)
+        out[str(dtype).replace("torch.", "")] = len(cands) / t
+    a, b = np.array(rewards[torch.float32]), np.array(rewards[torch.bfloat16])
+    # do the two dtypes order the candidates of each (prompt, reference) group the same way?
+    agree = total = 0
+    for g in range(0, len(a), N_CANDIDATES):
+        x, y = a[g:g + N_CANDIDATES], b[g:g + N_CANDIDATES]
+        i, j = np.triu_indices(len(x), 1)
+        agree += int((np.sign(x[i] - x[j]) == np.sign(y[i] - y[j])).sum())
+        total += len(i)
+    out.update(max_abs_diff=float(np.abs(a - b).max()), mean_abs_diff=float(np.abs(a - b).mean()),
+               reward_spread=float(a.std()), order_agreement=agree / total)
+    print(f"{name:16s} dtype study (ours, pairwise K=4): float32 {out['float32']:.1f}/s, bfloat16 "
+          f"{out['bfloat16']:.1f}/s ({out['bfloat16'] / out['float32']:.2f}x); |bf16 - fp32| max "
+          f"{out['max_abs_diff']:.1e} mean {out['mean_abs_diff']:.1e} (reward spread {out['reward_spread']:.1e}); "
+          f"pairwise order agreement {out['order_agreement']:.1%}", flush=True)
+    return out
+
+
+def compile_study(name: str, dtype: torch.dtype) -> dict:
+    """Ours eager vs torch.compile (after its first, compiling call)."""
+    prompts, cands, refs = workload(1, 4, seed=2)
+    out = {}
+    for compiled in (False, True):
+        rm = rd.load(preset_path(name), layout="pairwise", dtype=dtype, compile=compiled)
+        t_first, _ = timed(run_ours, rm, prompts, cands, refs)
+        t, _ = timed(run_ours, rm, prompts, cands, refs)
+        out["compiled" if compiled else "eager"] = len(cands) / t
+        if compiled:
+            out["first_call_s"] = t_first
+    print(f"{name:16s} torch.compile: eager {out['eager']:.1f}/s, compiled {out['compiled']:.1f}/s "
+          f"({out['compiled'] / out['eager']:.2f}x) after a first call of {out['first_call_s']:.0f} s", flush=True)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="a smaller workload (< 2 minutes)")
     ap.add_argument("--arch", default="qwen2_5_vl")
     ap.add_argument("--dtype", default=None, choices=["float32", "bfloat16"],
                     help="default: the library's default for this device")
+    ap.add_argument("--compile", action="store_true", help="also measure torch.compile (minutes of compiling)")
     args = ap.parse_args()
     torch.set_num_threads(torch.get_num_threads())
     import transformers
@@ -171,13 +214,18 @@ def main() -> None:
     results = {}
     for size, n_prompts in (("small", 1 if args.quick else 4), ("base", 1 if args.quick else 2)):
         results[size] = bench_preset(f"{args.arch}-{size}", dtype, n_prompts, with_generate=True)
+    studies = {"dtype": dtype_study(f"{args.arch}-{'small' if args.quick else 'base'}", 1)}
+    if args.compile:
+        studies["compile"] = compile_study(f"{args.arch}-small", dtype)
     base = {(r["layout"], r["k"]): r for r in results["base"]["rows"]}
     k4, pw = base[("pairwise", 4)], base[("pointwise", 0)]
     summary = {"ratio_vs_naive": k4["ours"] / k4["naive"], "ratio_vs_generate": k4["ours"] / k4["generate"],
                "ratio_pointwise_vs_naive": pw["ours"] / pw["naive"], "mfu": results["base"]["mfu"],
                "dtype": results["base"]["dtype"], "quick": args.quick,
                "small_ratio_vs_naive": {f"{r['layout']}-K{r['k']}": r["ours"] / r["naive"]
-                                        for r in results["small"]["rows"]}}
+                                        for r in results["small"]["rows"]},
+               "bf16_speedup": studies["dtype"]["bfloat16"] / studies["dtype"]["float32"],
+               "bf16_max_abs_diff": studies["dtype"]["max_abs_diff"]}
     print(json.dumps(summary))
 
 

@@ -95,42 +95,65 @@ class PrefixScorer:
                 self.features.put(keys[i], f)
         return feats, grids  # type: ignore[return-value]
 
-    def rewards(self, task, prompt: str, candidates: Sequence[torch.Tensor], reference: torch.Tensor | None,
-                batch_size: int) -> torch.Tensor:
-        """P(yes) for each candidate under one prompt and (pairwise) one reference."""
+    def _extend(self, layers: list | None, ids: torch.Tensor, mm: torch.Tensor, pos: torch.Tensor, start: int,
+                end: int, **vision) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Keys/values of tokens [0, end), given those of [0, start) (`layers`, left untouched)."""
+        if start == end:
+            return layers or []
+        cache = DynamicCache(ddp_cache_data=layers) if layers else DynamicCache()
+        past = self.rm.model.model(input_ids=ids[:, start:end], attention_mask=torch.ones_like(ids[:, :end]),
+                                   position_ids=pos[:, :, start:end], mm_token_type_ids=mm[:, start:end],
+                                   past_key_values=cache, use_cache=True, **vision).past_key_values
+        return [(layer.keys, layer.values) for layer in past.layers]
+
+    @staticmethod
+    def _encoder_outputs(feats: Sequence[torch.Tensor]) -> dict:
+        return {"image": BaseModelOutputWithPooling(pooler_output=tuple(feats))}
+
+    def rewards(self, task, prompt: str, groups: Sequence[tuple[torch.Tensor | None, Sequence[torch.Tensor]]],
+                batch_size: int) -> list[torch.Tensor]:
+        """P(yes) for the candidates of one prompt, grouped by reference (None in the pointwise layout).
+
+        The text before the first image is run once for the prompt, each reference extends it once,
+        and each batch of candidates runs only its own image and the turn's closing tokens.
+        """
         rm = self.rm
-        ctx = build_context(task, rm.layout, prompt, candidates[0], reference=reference)
-        inputs = rm.encode([ctx])
-        ids, mm = inputs["input_ids"], inputs["mm_token_type_ids"]
+        reference, candidates = groups[0]
+        inputs = rm.encode([build_context(task, rm.layout, prompt, candidates[0], reference=reference)])
+        ids, mm, grid = inputs["input_ids"], inputs["mm_token_type_ids"], inputs["image_grid_thw"]
         starts = (ids[0] == rm.model.config.vision_start_token_id).nonzero().flatten()
-        split = int(starts[-1])  # the candidate's image starts here; everything before is shared
-        pos, _ = rm.model.model.get_rope_index(ids, mm_token_type_ids=mm, image_grid_thw=inputs["image_grid_thw"],
+        shared, split = int(starts[0]), int(starts[-1])  # first image; the candidate's image
+        pos, _ = rm.model.model.get_rope_index(ids, mm_token_type_ids=mm, image_grid_thw=grid,
                                                attention_mask=inputs["attention_mask"])
-        grid = inputs["image_grid_thw"]
-        prefix_kwargs = {}
-        if len(grid) > 1:  # the reference's image is in the prefix
-            n_ref = int(grid[:-1].prod(-1).sum())
-            prefix_kwargs = {"pixel_values": inputs["pixel_values"][:n_ref], "image_grid_thw": grid[:-1]}
-        past = rm.model.model(input_ids=ids[:, :split], attention_mask=inputs["attention_mask"][:, :split],
-                              position_ids=pos[:, :, :split], mm_token_type_ids=mm[:, :split], use_cache=True,
-                              **prefix_kwargs).past_key_values
-        layers = [(layer.keys, layer.values) for layer in past.layers]
-        length = ids.shape[1]
+        prompt_layers = self._extend(None, ids, mm, pos, 0, shared)
         out = []
+        for reference, candidates in groups:
+            layers = prompt_layers
+            if reference is not None:
+                feats, ref_grid = self._vision_features([reference])
+                if not bool((ref_grid == grid[:-1]).all()):
+                    raise ValueError("references of different sizes cannot share one token layout")
+                layers = self._extend(prompt_layers, ids, mm, pos, shared, split, image_grid_thw=ref_grid,
+                                      mm_encoder_outputs=self._encoder_outputs(feats))
+            out.append(self._suffix(layers, ids, mm, pos, split, grid[-1], candidates, batch_size))
+        return out
+
+    def _suffix(self, layers: list, ids: torch.Tensor, mm: torch.Tensor, pos: torch.Tensor, split: int,
+                grid: torch.Tensor, candidates: Sequence[torch.Tensor], batch_size: int) -> torch.Tensor:
+        rm, length, out = self.rm, ids.shape[1], []
         for i in range(0, len(candidates), batch_size):
             chunk = candidates[i:i + batch_size]
             feats, grids = self._vision_features(chunk)
-            if not bool((grids == grid[-1]).all()):
+            if not bool((grids == grid).all()):
                 raise ValueError("candidates of different sizes cannot share one suffix")  # caller falls back
             b = len(chunk)
             cache = DynamicCache(ddp_cache_data=[(k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1))
                                                  for k, v in layers])
             hidden = rm.model.model(
-                input_ids=ids[:, split:].expand(b, -1), attention_mask=torch.ones(b, length, dtype=torch.long,
-                                                                                   device=ids.device),
+                input_ids=ids[:, split:].expand(b, -1), attention_mask=torch.ones_like(ids).expand(b, length),
                 position_ids=pos[:, :, split:].expand(-1, b, -1), past_key_values=cache, use_cache=True,
                 mm_token_type_ids=mm[:, split:].expand(b, -1), image_grid_thw=grids,
-                mm_encoder_outputs={"image": BaseModelOutputWithPooling(pooler_output=tuple(feats))},
+                mm_encoder_outputs=self._encoder_outputs(feats),
             ).last_hidden_state
             out.append(rm.reward_from_scores(rm.head_scores(hidden[:, -1])))
         return torch.cat(out)
