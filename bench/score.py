@@ -195,6 +195,30 @@ def compile_study(name: str, dtype: torch.dtype) -> dict:
     return out
 
 
+def ablation(name: str, n_prompts: int) -> dict:
+    """Each step on the same pairwise K=4 workload (float32): what it buys over the one before."""
+    prompts, cands, refs = workload(n_prompts, 4, seed=3)
+    steps: dict[str, float] = {}
+    rm_plain = rd.load(preset_path(name), layout="pairwise", fast=False)
+    rm_fast = rd.load(preset_path(name), layout="pairwise")
+    warm = (prompts[:BATCH], cands[:BATCH], refs[:BATCH])
+    for label, fn, rm in (("naive: full logits, every position", run_naive, rm_plain),
+                          ("answer position, answer rows only", run_ours, rm_plain),
+                          ("+ shared prefix (prompt, reference) + vision-feature reuse", run_ours, rm_fast)):
+        fn(rm, *warm)
+        t, _ = timed(fn, rm, prompts, cands, refs)
+        steps[label] = len(cands) / t
+    rm_fast.score(prompts, cands, references=refs)  # a second pass over the same candidates: cache warm
+    t, _ = timed(lambda: rm_fast.score(prompts, cands, references=refs, batch_size=BATCH))
+    steps["+ warm vision cache (same candidates again)"] = len(cands) / t
+    prev = None
+    for label, v in steps.items():
+        extra = f"  ({v / prev:.2f}x the step before)" if prev else ""
+        print(f"{name:16s} ablation  {label:62s} {v:7.1f} pairs/s{extra}", flush=True)
+        prev = v
+    return steps
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="a smaller workload (< 2 minutes)")
@@ -202,6 +226,7 @@ def main() -> None:
     ap.add_argument("--dtype", default=None, choices=["float32", "bfloat16"],
                     help="default: the library's default for this device")
     ap.add_argument("--compile", action="store_true", help="also measure torch.compile (minutes of compiling)")
+    ap.add_argument("--ablation", action="store_true", help="also measure each optimisation step on its own")
     args = ap.parse_args()
     torch.set_num_threads(torch.get_num_threads())
     import transformers
@@ -217,6 +242,8 @@ def main() -> None:
     studies = {"dtype": dtype_study(f"{args.arch}-{'small' if args.quick else 'base'}", 1)}
     if args.compile:
         studies["compile"] = compile_study(f"{args.arch}-small", dtype)
+    if args.ablation:
+        studies["ablation"] = ablation(f"{args.arch}-base", 1 if args.quick else 2)
     base = {(r["layout"], r["k"]): r for r in results["base"]["rows"]}
     k4, pw = base[("pairwise", 4)], base[("pointwise", 0)]
     summary = {"ratio_vs_naive": k4["ours"] / k4["naive"], "ratio_vs_generate": k4["ours"] / k4["generate"],

@@ -11,14 +11,17 @@ from scipy import ndimage
 
 # Penalty scales: the estimate at which a defect costs a factor e^-1 of quality.
 _SCALES = {"noise": 0.03, "blur": 0.25, "jpeg": 0.25, "colour": 12.0}
-_CLEAN = {"noise": 0.006, "blur": 0.0, "jpeg": 0.15, "colour": 3.0}  # estimates on clean renders: no penalty
+_CLEAN = {"noise": 0.006, "blur": 0.0, "jpeg": 0.2, "colour": 3.0}  # estimates on clean renders: no penalty
 
 
-def estimate_noise(gray: np.ndarray) -> float:
-    """Immerkaer's fast noise sigma estimate (gray in [0,1])."""
+def estimate_noise(gray: np.ndarray, flat: np.ndarray | None = None) -> float:
+    """Immerkaer's fast noise sigma estimate (gray in [0,1]), over `flat` pixels (default all):
+    restricting it to the background keeps object edges from reading as noise."""
     k = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], dtype=np.float32)
-    conv = ndimage.convolve(gray, k, mode="reflect")[1:-1, 1:-1]
-    return float(np.sqrt(np.pi / 2) * np.abs(conv).mean() / 6)
+    conv = np.abs(ndimage.convolve(gray, k, mode="reflect"))[1:-1, 1:-1]
+    if flat is not None and flat[1:-1, 1:-1].sum() >= 16:
+        conv = conv[flat[1:-1, 1:-1]]
+    return float(np.sqrt(np.pi / 2) * conv.mean() / 6)
 
 
 def estimate_blur(sat: np.ndarray) -> float:
@@ -28,9 +31,9 @@ def estimate_blur(sat: np.ndarray) -> float:
     step = np.zeros_like(rng)
     step[:, :-1] = np.abs(np.diff(sat, axis=1))
     step[:-1, :] = np.maximum(step[:-1, :], np.abs(np.diff(sat, axis=0)))
-    edges = rng > 0.3
-    if edges.sum() < 8:
-        return 0.0
+    if rng.max() < 0.05:
+        return 0.0  # no objects, no edges to judge
+    edges = rng > 0.5 * rng.max()  # relative: heavy blur lowers every edge's contrast
     ratio = ndimage.maximum_filter(step, size=3)[edges] / rng[edges]
     return float(max(0.0, 0.85 - np.median(ratio)))
 
@@ -55,8 +58,9 @@ def estimate_blocking(gray: np.ndarray) -> float:
 def quality_defects(arr: np.ndarray, sat: np.ndarray, detections: list) -> dict[str, float]:
     """Raw defect estimates of an RGB uint8 image, given its saturation and detections."""
     gray = arr.astype(np.float32).mean(2) / 255.0
+    background = ~ndimage.binary_dilation(sat > 0.15, iterations=2)
     colour = float(np.mean([d.hue_error for d in detections])) if detections else 0.0
-    return {"noise": estimate_noise(gray), "blur": estimate_blur(sat), "jpeg": estimate_blocking(gray),
+    return {"noise": estimate_noise(gray, background), "blur": estimate_blur(sat), "jpeg": estimate_blocking(gray),
             "colour": colour}
 
 
