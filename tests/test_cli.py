@@ -113,6 +113,12 @@ def test_manifest_skips_bad_rows_and_resumes(model_dir, tmp_path, run):
     assert "malformed JSON" in by_key["line 5"]["error"]
     assert "label 'maybe'" in by_key["badlabel"]["error"]
     assert 0 < by_key["0-pair"]["p_b_better"] < 1 and 0 < by_key["0-good"]["reward"] < 1
+    import rewarddance as rd
+
+    rm = rd.load(model_dir)  # p_b_better is P(image_b better than image_a), as compare() says
+    img = tmp_path / "img"
+    assert abs(by_key["0-pair"]["p_b_better"] - rm.compare("a red circle", img / "0_good.png", img / "0_bad.png")) < 1e-6
+    assert abs(by_key["0-good"]["reward"] - rm.score("a red circle", [img / "0_good.png"])[0]) < 1e-6
     # a crash mid-file: drop the last rows, cut one line in half; the re-run completes without redoing the rest
     kept = out.read_text().splitlines()[:6]
     out.write_text("\n".join(kept) + "\n" + '{"key": "trunc')

@@ -180,7 +180,7 @@ def score_manifest(rm, input: Path, output: Path, *, task: str | None = None, st
                 if "id" in rec.raw:
                     row["id"] = rec.raw["id"]
                 if rec.kind == "pairwise":
-                    row["p_b_better"] = rm.pair_probability(r[::-1] if rm.layout == "pointwise" else r)
+                    row["p_b_better"] = rm.pair_probability(r)  # contexts were built for (b, a)
                 else:
                     row["reward"] = r[0]
                 emit(row)

@@ -222,7 +222,7 @@ def write_video(path: str | os.PathLike, frames: torch.Tensor | np.ndarray, *, f
     with av.open(str(path), mode="w") as container:
         stream = container.add_stream(codec, rate=fps)
         stream.height, stream.width = arr.shape[1], arr.shape[2]
-        stream.pix_fmt = "yuv420p" if codec == "libx264" else "yuv420p"
+        stream.pix_fmt = "yuv420p"
         if codec == "libx264":
             stream.options = {"crf": "12", "preset": "ultrafast"}
         for a in arr:

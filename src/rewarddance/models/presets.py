@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import os
+import shutil
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -279,7 +280,10 @@ def preset_path(name: str) -> Path:
         raise ValueError(f"{name!r} is not a preset name (<arch>-<size>, arch in {ARCHS}, size in {SIZES})")
     path = cache_dir() / name
     if not (path / "config.json").exists():
-        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+        tmp = path.with_name(path.name + f".tmp{os.getpid()}")  # concurrent builders never see half a preset
         build_preset(*parsed, tmp)
-        tmp.rename(path) if not path.exists() else None
+        if path.exists():
+            shutil.rmtree(tmp)
+        else:
+            tmp.rename(path)
     return path

@@ -107,7 +107,7 @@ def _classify(mask: np.ndarray) -> tuple[str, float]:
     holes = area_f - mask.sum()
     ys, xs = np.nonzero(filled)
     cy, cx = ys.mean() + 0.5, xs.mean() + 0.5
-    # corners of the boundary pixels: hull and radius measured on the pixel squares, not centres
+    # corners of the boundary pixels: radius and angular profile measured on the pixel squares
     edge = filled & ~ndimage.binary_erosion(filled)
     ey, ex = np.nonzero(edge)
     py = np.concatenate([ey, ey, ey + 1, ey + 1]).astype(np.float64)
