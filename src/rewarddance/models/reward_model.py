@@ -197,7 +197,11 @@ class RewardModel:
         """Load media and build one context per candidate, in this checkpoint's layout."""
         task_obj, items = self.load_items(prompts, candidates, references=references, conditions=conditions,
                                           task=task)
-        return [build_context(task_obj, self.layout, p, c, reference=r, condition=k) for p, c, r, k in items]
+        return [self._context(task_obj, item) for item in items]
+
+    def _context(self, task_obj: Any, item: tuple) -> Context:
+        prompt, candidate, reference, condition = item
+        return build_context(task_obj, self.layout, prompt, candidate, reference=reference, condition=condition)
 
     def _score_items(self, task_obj: Any, items: list[tuple], batch_size: int) -> list[float]:
         """Rewards for loaded items: shared-prefix groups where possible, else length-sorted plain batches."""
@@ -226,9 +230,7 @@ class RewardModel:
         plain.sort(key=lambda i: (len(items[i][0]), items[i][1].ndim))
         for j in range(0, len(plain), batch_size):
             idx = plain[j:j + batch_size]
-            ctxs = [build_context(task_obj, self.layout, *items[i][:1], items[i][1], reference=items[i][2],
-                                  condition=items[i][3]) for i in idx]
-            for i, v in zip(idx, self.rewards(ctxs).tolist()):
+            for i, v in zip(idx, self.rewards([self._context(task_obj, items[i]) for i in idx]).tolist()):
                 out[i] = v
         return out  # type: ignore[return-value]
 
