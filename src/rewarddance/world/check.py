@@ -89,27 +89,41 @@ def _as_array(image: Any) -> np.ndarray:
 def _hsv(arr: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Hue (degrees; only meaningful where saturated), saturation and value of an RGB uint8 array."""
     x = arr.astype(np.float32) * (1.0 / 255.0)
-    mx, mn = x.max(2), x.min(2)
-    delta = mx - mn
+    r, g, b = x[..., 0], x[..., 1], x[..., 2]  # channel views: faster than reducing over axis 2
+    mx = np.maximum(np.maximum(r, g), b)
+    delta = mx - np.minimum(np.minimum(r, g), b)
     sat = delta / np.maximum(mx, 1e-6)
     hue = np.zeros_like(sat)
     fg = (sat > MIN_SATURATION) & (mx > MIN_VALUE)
-    r, g, b = x[fg, 0], x[fg, 1], x[fg, 2]
-    m, d = mx[fg], delta[fg]
-    hue[fg] = np.where(m == r, ((g - b) / d) % 6, np.where(m == g, (b - r) / d + 2, (r - g) / d + 4)) * 60.0
+    if fg.any():
+        rf, gf, bf, m, d = r[fg], g[fg], b[fg], mx[fg], delta[fg]
+        hue[fg] = np.where(m == rf, ((gf - bf) / d) % 6, np.where(m == gf, (bf - rf) / d + 2, (rf - gf) / d + 4)) * 60
     return hue, sat, mx
+
+
+def _fill_holes(mask: np.ndarray) -> np.ndarray:
+    """The mask with its holes filled: background components that do not reach the crop's border."""
+    padded = np.pad(~mask, 1, constant_values=True)
+    labels, _ = ndimage.label(padded)
+    return ~(labels == labels[0, 0])[1:-1, 1:-1]
+
+
+def _boundary(mask: np.ndarray) -> np.ndarray:
+    """Pixels of the mask with a 4-neighbour outside it."""
+    p = np.pad(mask, 1)
+    inner = p[:-2, 1:-1] & p[2:, 1:-1] & p[1:-1, :-2] & p[1:-1, 2:]
+    return mask & ~inner
 
 
 def _classify(mask: np.ndarray) -> tuple[str, float]:
     """Shape name and circumscribed diameter (pixels) of one component's mask (a tight crop)."""
-    filled = ndimage.binary_fill_holes(mask)
+    filled = _fill_holes(mask)
     area_f = filled.sum()
     holes = area_f - mask.sum()
     ys, xs = np.nonzero(filled)
     cy, cx = ys.mean() + 0.5, xs.mean() + 0.5
     # corners of the boundary pixels: radius and angular profile measured on the pixel squares
-    edge = filled & ~ndimage.binary_erosion(filled)
-    ey, ex = np.nonzero(edge)
+    ey, ex = np.nonzero(_boundary(filled))
     py = np.concatenate([ey, ey, ey + 1, ey + 1]).astype(np.float64)
     px = np.concatenate([ex, ex + 1, ex, ex + 1]).astype(np.float64)
     r_max = np.sqrt(((py - cy) ** 2 + (px - cx) ** 2).max())

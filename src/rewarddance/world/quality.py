@@ -24,17 +24,24 @@ def estimate_noise(gray: np.ndarray, flat: np.ndarray | None = None) -> float:
     return float(np.sqrt(np.pi / 2) * conv.mean() / 6)
 
 
+def _max3(x: np.ndarray) -> np.ndarray:
+    """3x3 maximum filter (edge-replicated), separable with numpy: far cheaper than ndimage at 64 px."""
+    p = np.pad(x, 1, mode="edge")
+    m = np.maximum(np.maximum(p[:, :-2], p[:, 1:-1]), p[:, 2:])
+    return np.maximum(np.maximum(m[:-2], m[1:-1]), m[2:])
+
+
 def estimate_blur(sat: np.ndarray) -> float:
     """1 - (one-pixel step / 3x3 range) at strong edges of the saturation image (objects are
     saturated, backgrounds grey): 0 when edges are crisp, towards 1 when smeared."""
-    rng = ndimage.maximum_filter(sat, size=3) - ndimage.minimum_filter(sat, size=3)
+    rng = _max3(sat) + _max3(-sat)  # 3x3 max - 3x3 min
     step = np.zeros_like(rng)
     step[:, :-1] = np.abs(np.diff(sat, axis=1))
     step[:-1, :] = np.maximum(step[:-1, :], np.abs(np.diff(sat, axis=0)))
     if rng.max() < 0.05:
         return 0.0  # no objects, no edges to judge
     edges = rng > 0.5 * rng.max()  # relative: heavy blur lowers every edge's contrast
-    ratio = ndimage.maximum_filter(step, size=3)[edges] / rng[edges]
+    ratio = _max3(step)[edges] / rng[edges]
     return float(max(0.0, 0.85 - np.median(ratio)))
 
 
@@ -57,8 +64,8 @@ def estimate_blocking(gray: np.ndarray) -> float:
 
 def quality_defects(arr: np.ndarray, sat: np.ndarray, detections: list) -> dict[str, float]:
     """Raw defect estimates of an RGB uint8 image, given its saturation and detections."""
-    gray = arr.astype(np.float32).mean(2) / 255.0
-    background = ~ndimage.binary_dilation(sat > 0.15, iterations=2)
+    gray = (arr[..., 0].astype(np.float32) + arr[..., 1] + arr[..., 2]) * (1.0 / 765.0)
+    background = _max3(_max3(sat)) <= 0.15  # 2 px away from anything coloured
     colour = float(np.mean([d.hue_error for d in detections])) if detections else 0.0
     return {"noise": estimate_noise(gray, background), "blur": estimate_blur(sat), "jpeg": estimate_blocking(gray),
             "colour": colour}
