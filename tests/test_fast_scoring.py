@@ -9,7 +9,7 @@ import torch
 
 from rewarddance.models.fast import FeatureCache, content_key
 
-from .conftest import smooth_images
+from .conftest import ARCHS, smooth_images
 
 PROMPTS = ["a red circle"] * 3 + ["two blue squares and a green star"] * 2 + ["a red circle"]
 
@@ -19,23 +19,21 @@ def _plain(rm, prompts, cands, refs=None, task=None):
         return rm.rewards(rm.contexts(prompts, cands, references=refs, task=task)).tolist()
 
 
-@pytest.mark.parametrize("arch", ["qwen2_vl", "qwen2_5_vl", "idefics3"])
+@pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("layout", ["pointwise", "pairwise"])
 def test_fast_equals_plain(arch, layout, load_rm):
     rm = load_rm(arch, layout)
-    assert (rm.prefix_scorer is not None) == arch.startswith("qwen")  # others take the plain path
+    assert rm.prefix_scorer is not None
     cands = smooth_images(6, seed=11)
     r1, r2 = smooth_images(2, seed=12)
     refs = [r1, r1, r2, r1, r1, r2] if layout == "pairwise" else None  # groups of several sizes
     plain = _plain(rm, PROMPTS, cands, refs)
-    if rm.prefix_scorer is not None:
-        rm.prefix_scorer.features.clear()
+    rm.prefix_scorer.features.clear()
     cold = rm.score(PROMPTS, cands, references=refs, batch_size=4)
     warm = rm.score(PROMPTS, cands, references=refs, batch_size=4)  # vision features from the cache
     np.testing.assert_allclose(cold, plain, atol=1e-4)
     np.testing.assert_allclose(warm, plain, atol=1e-4)
-    if rm.prefix_scorer is not None:
-        assert rm.prefix_scorer.features.hits >= len(cands)
+    assert rm.prefix_scorer.features.hits >= len(cands)
     for task in ("plain", "t2i-overall"):
         np.testing.assert_allclose(rm.score(PROMPTS, cands, references=refs, task=task),
                                    _plain(rm, PROMPTS, cands, refs, task), atol=1e-4)
@@ -46,6 +44,13 @@ def test_compare_fast_equals_plain(load_rm):
     a, b = smooth_images(2, seed=13)
     p = _plain(rm, ["a red circle"] * 2, [a, b], [b, a])
     assert abs(rm.compare("a red circle", a, b) - (p[0] + 1 - p[1]) / 2) < 1e-4
+
+
+def test_videos_take_the_plain_path(load_rm):
+    rm = load_rm("llava")
+    clips = [torch.stack(smooth_images(4, seed=s)) for s in (15, 16)]
+    np.testing.assert_allclose(rm.score("a red circle moving up", clips, task="t2v-overall"),
+                               _plain(rm, ["a red circle moving up"] * 2, clips, task="t2v-overall"), atol=1e-5)
 
 
 def test_fast_path_can_be_disabled(preset_dirs):

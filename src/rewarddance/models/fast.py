@@ -1,23 +1,24 @@
 """Fast scoring: a shared-prefix KV cache and reuse of vision-encoder outputs.
 
-Everything before the candidate (system prompt, instruction, prompt, the reference image
-in the pairwise layout) is the same for every candidate compared under one prompt and
-reference. We run that prefix once, keep its keys/values, and run only each candidate's
-suffix (its image tokens and the closing question) against it. Candidate images seen
-before (the same candidate against K references, or across calls) reuse their vision-
-encoder output from a bounded cache keyed by content hash.
+Everything before the candidate's image tokens (system prompt, instruction, prompt, and in
+the pairwise layout the reference image) is the same for every candidate compared under one
+prompt and reference. We run the prompt's text once, extend it once per reference, keep the
+keys/values, and run only each candidate's suffix (its image tokens and the turn's closing
+tokens) against them. Vision-encoder outputs are cached by content hash (bounded LRU), so a
+candidate compared with K references is encoded once.
 
-Supported where positions can be continued exactly: Qwen2-VL and Qwen2.5-VL (3-D M-RoPE
-positions are computed on the full sequence and sliced). Other families use the plain
-path; `RewardModel.score` picks automatically. Results equal the plain path (tests check
-1e-4 in float32).
+Works for the six tested families through transformers' `mm_encoder_outputs` argument.
+Positions continue exactly: 1-D positions are a range; Qwen2-VL / Qwen2.5-VL 3-D M-RoPE
+positions are computed on the full sequence and sliced. Results equal the plain path
+(tests check 1e-4 in float32).
 """
 
 from __future__ import annotations
 
 import hashlib
+import inspect
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 from transformers import DynamicCache
@@ -28,7 +29,8 @@ from ..context import build_context
 if TYPE_CHECKING:
     from .reward_model import RewardModel
 
-SUPPORTED = ("qwen2_vl", "qwen2_5_vl")
+SUPPORTED = ("qwen2_vl", "qwen2_5_vl", "idefics3", "smolvlm", "llava", "internvl")
+MROPE = ("qwen2_vl", "qwen2_5_vl")
 
 
 def content_key(x: torch.Tensor) -> bytes:
@@ -40,14 +42,14 @@ def content_key(x: torch.Tensor) -> bytes:
 
 
 class FeatureCache:
-    """Bounded LRU: content hash -> vision-encoder output of one image."""
+    """Bounded LRU: content hash -> vision-encoder output of one image (and its grid, for Qwen)."""
 
     def __init__(self, max_items: int = 4096) -> None:
         self.max_items = max_items
-        self._items: OrderedDict[bytes, torch.Tensor] = OrderedDict()
+        self._items: OrderedDict[bytes, Any] = OrderedDict()
         self.hits = self.misses = 0
 
-    def get(self, key: bytes) -> torch.Tensor | None:
+    def get(self, key: bytes) -> Any:
         value = self._items.get(key)
         if value is not None:
             self._items.move_to_end(key)
@@ -56,7 +58,7 @@ class FeatureCache:
             self.misses += 1
         return value
 
-    def put(self, key: bytes, value: torch.Tensor) -> None:
+    def put(self, key: bytes, value: Any) -> None:
         self._items[key] = value
         self._items.move_to_end(key)
         while len(self._items) > self.max_items:
@@ -66,94 +68,141 @@ class FeatureCache:
         self._items.clear()
 
 
+def _image_runs(ids: torch.Tensor, image_token_id: int) -> list[tuple[int, int]]:
+    """(start, end) of each run of image tokens in a 1-D id sequence."""
+    is_img = (ids == image_token_id).int()
+    edges = torch.diff(torch.cat([is_img.new_zeros(1), is_img, is_img.new_zeros(1)]))
+    return list(zip((edges == 1).nonzero().flatten().tolist(), (edges == -1).nonzero().flatten().tolist()))
+
+
 class PrefixScorer:
-    """Scores many candidates that share a prompt (and reference) with one prefix forward."""
+    """Scores many candidates that share a prompt (and references) with shared prefix forwards."""
 
     def __init__(self, rm: "RewardModel", *, cache_items: int = 4096) -> None:
         self.rm = rm
         self.features = FeatureCache(cache_items)
+        cfg = rm.model.config
+        self.mrope = cfg.model_type in MROPE
+        self.image_token_id = getattr(cfg, "image_token_id", None)
+        if self.image_token_id is None:
+            self.image_token_id = cfg.image_token_index  # LLaVA's name for it
+        params = inspect.signature(rm.model.model.get_image_features).parameters
+        self._vision_args = set(params)
+        # LLaVA / InternVL read these from the config in forward(); get_image_features needs them passed
+        self._vision_config = {k: getattr(cfg, k) for k in ("vision_feature_layer", "vision_feature_select_strategy")
+                               if k in params and hasattr(cfg, k)}
+        self._as_tensor = False  # whether the family packs image features as one tensor
 
     @staticmethod
     def supports(model: torch.nn.Module) -> bool:
         return getattr(model.config, "model_type", None) in SUPPORTED
 
-    def _vision_features(self, images: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """Per-image vision-encoder outputs (cached) and their grids."""
+    def _vision_features(self, images: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+        """Per-image vision-encoder outputs (cached by content) and, for Qwen, their grids."""
         rm = self.rm
         keys = [content_key(x) for x in images]
-        processed = rm.processor.image_processor(images=list(images), do_rescale=False, return_tensors="pt")
-        grids = processed["image_grid_thw"].to(rm.device)
-        feats: list[torch.Tensor | None] = [self.features.get(k) for k in keys]
-        missing = [i for i, f in enumerate(feats) if f is None]
+        entries = [self.features.get(k) for k in keys]
+        missing = [i for i, e in enumerate(entries) if e is None]
         if missing:
-            sizes = processed["image_grid_thw"].prod(-1).tolist()
-            starts = [sum(sizes[:i]) for i in range(len(sizes))]
-            pv = torch.cat([processed["pixel_values"][starts[i]:starts[i] + sizes[i]] for i in missing])
-            out = rm.model.model.get_image_features(pv.to(rm.device, rm.dtype), grids[missing]).pooler_output
-            for i, f in zip(missing, out):
-                feats[i] = f
-                self.features.put(keys[i], f)
-        return feats, grids  # type: ignore[return-value]
+            processed = rm.processor.image_processor(images=[images[i] for i in missing], do_rescale=False,
+                                                     return_tensors="pt")
+            kwargs = {k: (v.to(rm.device, rm.dtype) if v.is_floating_point() else v.to(rm.device))
+                      for k, v in processed.items() if k in self._vision_args}
+            if kwargs["pixel_values"].ndim == 5:  # Idefics3/SmolVLM: (samples, images, ...); one image per sample
+                kwargs = {k: v.transpose(0, 1) if k in ("pixel_values", "pixel_attention_mask") else v
+                          for k, v in kwargs.items()}
+            out = rm.model.model.get_image_features(**kwargs, **self._vision_config).pooler_output
+            self._as_tensor = isinstance(out, torch.Tensor)
+            grids = kwargs.get("image_grid_thw")
+            for j, i in enumerate(missing):
+                entries[i] = (out[j], None if grids is None else grids[j])
+                self.features.put(keys[i], entries[i])
+        grids = None if entries[0][1] is None else torch.stack([e[1] for e in entries])
+        return [e[0] for e in entries], grids
 
-    def _extend(self, layers: list | None, ids: torch.Tensor, mm: torch.Tensor, pos: torch.Tensor, start: int,
-                end: int, **vision) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def _encoder_outputs(self, feats: Sequence[torch.Tensor]) -> dict:
+        pooled = torch.stack(list(feats)) if self._as_tensor else tuple(feats)
+        return {"image": BaseModelOutputWithPooling(pooler_output=pooled)}
+
+    def _positions(self, pos: torch.Tensor, start: int, end: int, batch: int) -> torch.Tensor:
+        if self.mrope:
+            return pos[:, :, start:end].expand(-1, batch, -1)
+        return pos[:, start:end].expand(batch, -1)
+
+    def _vision_kwargs(self, inputs: dict, start: int, end: int, batch: int, grids: torch.Tensor | None) -> dict:
+        """Family extras for tokens [start, end): Qwen's token types and image grids."""
+        if not self.mrope:
+            return {}
+        out = {"mm_token_type_ids": inputs["mm_token_type_ids"][:, start:end].expand(batch, -1)}
+        if grids is not None:
+            out["image_grid_thw"] = grids
+        return out
+
+    def _extend(self, layers: list | None, inputs: dict, pos: torch.Tensor, start: int, end: int,
+                **kwargs: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Keys/values of tokens [0, end), given those of [0, start) (`layers`, left untouched)."""
         if start == end:
             return layers or []
+        ids = inputs["input_ids"]
         cache = DynamicCache(ddp_cache_data=layers) if layers else DynamicCache()
         past = self.rm.model.model(input_ids=ids[:, start:end], attention_mask=torch.ones_like(ids[:, :end]),
-                                   position_ids=pos[:, :, start:end], mm_token_type_ids=mm[:, start:end],
-                                   past_key_values=cache, use_cache=True, **vision).past_key_values
+                                   position_ids=self._positions(pos, start, end, 1), past_key_values=cache,
+                                   use_cache=True, **kwargs).past_key_values
         return [(layer.keys, layer.values) for layer in past.layers]
-
-    @staticmethod
-    def _encoder_outputs(feats: Sequence[torch.Tensor]) -> dict:
-        return {"image": BaseModelOutputWithPooling(pooler_output=tuple(feats))}
 
     def rewards(self, task, prompt: str, groups: Sequence[tuple[torch.Tensor | None, Sequence[torch.Tensor]]],
                 batch_size: int) -> list[torch.Tensor]:
         """P(yes) for the candidates of one prompt, grouped by reference (None in the pointwise layout).
 
         The text before the first image is run once for the prompt, each reference extends it once,
-        and each batch of candidates runs only its own image and the turn's closing tokens.
+        and each batch of candidates runs only its own image tokens and the turn's closing tokens.
+        Raises ValueError when the images do not share one token layout (the caller falls back).
         """
         rm = self.rm
         reference, candidates = groups[0]
         inputs = rm.encode([build_context(task, rm.layout, prompt, candidates[0], reference=reference)])
-        ids, mm, grid = inputs["input_ids"], inputs["mm_token_type_ids"], inputs["image_grid_thw"]
-        starts = (ids[0] == rm.model.config.vision_start_token_id).nonzero().flatten()
-        shared, split = int(starts[0]), int(starts[-1])  # first image; the candidate's image
-        pos, _ = rm.model.model.get_rope_index(ids, mm_token_type_ids=mm, image_grid_thw=grid,
-                                               attention_mask=inputs["attention_mask"])
-        prompt_layers = self._extend(None, ids, mm, pos, 0, shared)
+        ids = inputs["input_ids"]
+        runs = _image_runs(ids[0], self.image_token_id)
+        if len(runs) != (2 if rm.layout == "pairwise" else 1):
+            raise ValueError("unexpected number of images in the rendered context")
+        (shared, _), (split, split_end) = runs[0], runs[-1]
+        if self.mrope:
+            pos, _ = rm.model.model.get_rope_index(ids, mm_token_type_ids=inputs["mm_token_type_ids"],
+                                                   image_grid_thw=inputs["image_grid_thw"],
+                                                   attention_mask=inputs["attention_mask"])
+        else:
+            pos = torch.arange(ids.shape[1], device=ids.device)[None]
+        prompt_layers = self._extend(None, inputs, pos, 0, shared, **self._vision_kwargs(inputs, 0, shared, 1, None))
         out = []
         for reference, candidates in groups:
             layers = prompt_layers
             if reference is not None:
-                feats, ref_grid = self._vision_features([reference])
-                if not bool((ref_grid == grid[:-1]).all()):
+                feats, grids = self._vision_features([reference])
+                if feats[0].shape[0] != runs[0][1] - runs[0][0]:
                     raise ValueError("references of different sizes cannot share one token layout")
-                layers = self._extend(prompt_layers, ids, mm, pos, shared, split, image_grid_thw=ref_grid,
-                                      mm_encoder_outputs=self._encoder_outputs(feats))
-            out.append(self._suffix(layers, ids, mm, pos, split, grid[-1], candidates, batch_size))
+                layers = self._extend(prompt_layers, inputs, pos, shared, split,
+                                      mm_encoder_outputs=self._encoder_outputs(feats),
+                                      **self._vision_kwargs(inputs, shared, split, 1, grids))
+            out.append(self._suffix(layers, inputs, pos, split, split_end - split, candidates, batch_size))
         return out
 
-    def _suffix(self, layers: list, ids: torch.Tensor, mm: torch.Tensor, pos: torch.Tensor, split: int,
-                grid: torch.Tensor, candidates: Sequence[torch.Tensor], batch_size: int) -> torch.Tensor:
-        rm, length, out = self.rm, ids.shape[1], []
+    def _suffix(self, layers: list, inputs: dict, pos: torch.Tensor, split: int, n_image_tokens: int,
+                candidates: Sequence[torch.Tensor], batch_size: int) -> torch.Tensor:
+        rm, ids, out = self.rm, inputs["input_ids"], []
+        length = ids.shape[1]
         for i in range(0, len(candidates), batch_size):
             chunk = candidates[i:i + batch_size]
             feats, grids = self._vision_features(chunk)
-            if not bool((grids == grid).all()):
-                raise ValueError("candidates of different sizes cannot share one suffix")  # caller falls back
+            if any(f.shape[0] != n_image_tokens for f in feats):
+                raise ValueError("candidates of different sizes cannot share one suffix")
             b = len(chunk)
             cache = DynamicCache(ddp_cache_data=[(k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1))
                                                  for k, v in layers])
             hidden = rm.model.model(
                 input_ids=ids[:, split:].expand(b, -1), attention_mask=torch.ones_like(ids).expand(b, length),
-                position_ids=pos[:, :, split:].expand(-1, b, -1), past_key_values=cache, use_cache=True,
-                mm_token_type_ids=mm[:, split:].expand(b, -1), image_grid_thw=grids,
+                position_ids=self._positions(pos, split, length, b), past_key_values=cache, use_cache=True,
                 mm_encoder_outputs=self._encoder_outputs(feats),
+                **self._vision_kwargs(inputs, split, length, b, grids),
             ).last_hidden_state
             out.append(rm.reward_from_scores(rm.head_scores(hidden[:, -1])))
         return torch.cat(out)
