@@ -39,7 +39,7 @@ from rewarddance.world import CATEGORIES, random_spec, render, sample_scene
 
 BATCH = 16
 N_CANDIDATES = 16
-REPS = 2  # each timing is the best of REPS runs
+REPS = 2  # each timing is the best of REPS runs (1 with --quick)
 
 
 def matmul_peak(dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:
@@ -240,6 +240,8 @@ def main() -> None:
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     dtype = getattr(torch, args.dtype) if args.dtype else rd.default_dtype("cpu")
+    global REPS
+    REPS = 1 if args.quick else REPS
     print(f"# bench/score.py on {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
           f"torch {torch.__version__}, batch {BATCH}, {N_CANDIDATES} candidates per prompt")
     results = {}
