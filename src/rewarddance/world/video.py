@@ -44,6 +44,15 @@ def parse_motion(prompt: str) -> tuple[Phrase, str]:
     return phrase, direction
 
 
+def start_position(rng: np.random.Generator, direction: str, size: str = "small") -> tuple[float, float]:
+    """Where a clip moving in `direction` starts: at the far side along it, anywhere across it."""
+    dx, dy = DIRECTIONS[direction]
+    r = Obj("circle", "red", size).radius + 0.03
+    x = r if dx > 0 else 1 - r if dx < 0 else float(rng.uniform(r, 1 - r))
+    y = r if dy > 0 else 1 - r if dy < 0 else float(rng.uniform(r, 1 - r))
+    return x, y
+
+
 def render_clip(rng: np.random.Generator, prompt: str, *, frames: int = 8, size: int = 64, extent: float = 0.35,
                 direction: str | None = None, colour: str | None = None, shape: str | None = None,
                 flicker: float = 0.0, start: tuple[float, float] | None = None,
@@ -52,9 +61,7 @@ def render_clip(rng: np.random.Generator, prompt: str, *, frames: int = 8, size:
     phrase, asked = parse_motion(prompt)
     dx, dy = DIRECTIONS[direction or asked]
     obj = Obj(shape or phrase.shape, colour or phrase.colour or str(rng.choice(list(COLOURS))), "small")
-    r = obj.radius + 0.03
-    x0 = start[0] if start else (r if dx > 0 else 1 - r if dx < 0 else rng.uniform(r, 1 - r))
-    y0 = start[1] if start else (r if dy > 0 else 1 - r if dy < 0 else rng.uniform(r, 1 - r))
+    x0, y0 = start or start_position(rng, direction or asked)
     bg = background or ID_BACKGROUNDS[int(rng.integers(len(ID_BACKGROUNDS)))]
     out = []
     for t in range(frames):
@@ -154,11 +161,7 @@ def build_video_records(rng: np.random.Generator, out: Path, n: int, *, n_test: 
             rid = f"video-{split}-{len(rows[split]):05d}"
             start, bg, cond_rel = None, None, None
             if i2v:
-                r = Obj("circle", "red", "small").radius + 0.03
-                start = (float(rng.uniform(r, 1 - r)), float(rng.uniform(r, 1 - r)))
-                phrase, direction = parse_motion(prompt)
-                dx, dy = DIRECTIONS[direction]
-                start = (r if dx > 0 else 1 - r if dx < 0 else start[0], r if dy > 0 else 1 - r if dy < 0 else start[1])
+                start = start_position(rng, parse_motion(prompt)[1])
                 bg = ID_BACKGROUNDS[int(rng.integers(len(ID_BACKGROUNDS)))]
                 cond = render_clip(rng, prompt, start=start, background=bg, size=size, frames=1)[0]
                 cond_rel = f"img/{rid}_condition.png"
