@@ -84,29 +84,27 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 def score_images(rm, args: argparse.Namespace) -> int:
+    import torch
+
     from .media import MediaError
 
     if rm.layout == "pairwise" and not args.reference:
         raise UsageError("this is a pairwise reward model: pass --reference IMAGE (the candidate is compared "
                          "with it)")
-    rows, failed = [], 0
+    rows, failed, task_obj = [], 0, None
     for img in args.images:
         try:
-            ctx = rm.contexts(args.prompt, [img], references=[args.reference] if args.reference else None,
-                              task=args.task)
+            task_obj, items = rm.load_items(args.prompt, [img], task=args.task,
+                                            references=[args.reference] if args.reference else None)
         except (MediaError, ValueError) as e:
             print(f"error: {e}", file=sys.stderr)
             failed += 1
             if args.strict:
                 return EXIT_ROWS_FAILED
             continue
-        rows.append((img, ctx[0]))
-    import torch
-
-    rewards: list[float] = []
+        rows.append((img, items[0]))
     with torch.inference_mode():
-        for i in range(0, len(rows), args.batch_size):
-            rewards += rm.rewards([c for _, c in rows[i:i + args.batch_size]]).tolist()
+        rewards = rm.score_items(task_obj, [item for _, item in rows], args.batch_size) if rows else []
     if rows:
         width = max(len(str(p)) for p, _ in rows)
         print(f"{'image':<{width}}  reward")
@@ -136,7 +134,6 @@ def score_manifest(rm, input: Path, output: Path, *, task: str | None = None, st
     Pairwise rows get `p_b_better` = P(image_b better than image_a); pointwise rows `reward`.
     A re-run keeps finished rows and scores the rest. Returns (rows ok, rows failed).
     """
-    import torch
     from tqdm import tqdm
 
     from .data import RecordError, read_manifest
@@ -164,23 +161,18 @@ def score_manifest(rm, input: Path, output: Path, *, task: str | None = None, st
                 try:
                     if isinstance(rec, RecordError):
                         raise rec
-                    built.append((rec, _record_contexts(rm, rec, task)))
+                    built.append((rec, *_record_items(rm, rec, task)))
                 except (MediaError, ValueError) as e:
                     errors.append({"key": getattr(rec, "key", ""), "line": rec.line, "error": str(e)})
                     if strict:
                         break  # rows read before the bad one are still scored and kept
-            flat = [c for _, cs in built for c in cs]
-            with torch.inference_mode():
-                rewards = rm.rewards(flat).tolist() if flat else []
-            pos = 0
-            for rec, cs in built:
-                r = rewards[pos:pos + len(cs)]
-                pos += len(cs)
+            rewards = _score_built(rm, built, batch_size)
+            for (rec, _, _), r in zip(built, rewards):
                 row = {"key": rec.key, "line": rec.line}
                 if "id" in rec.raw:
                     row["id"] = rec.raw["id"]
                 if rec.kind == "pairwise":
-                    row["p_b_better"] = rm.pair_probability(r)  # contexts were built for (b, a)
+                    row["p_b_better"] = rm.pair_probability(r)  # items were built for (b, a)
                 else:
                     row["reward"] = r[0]
                 emit(row)
@@ -194,18 +186,37 @@ def score_manifest(rm, input: Path, output: Path, *, task: str | None = None, st
     return ok, failed
 
 
-def _record_contexts(rm, rec, task: str | None):
-    """Contexts for one record: pointwise -> its reward; pairwise -> those giving P(b better than a)."""
+def _record_items(rm, rec, task: str | None):
+    """(task, loaded items) for one record: pointwise -> its reward; pairwise -> P(b better than a)."""
     task = rec.task or task
     cond = rec.media.get("condition")
     if rec.kind == "pairwise":
-        a, b = rec.media["a"], rec.media["b"]
-        return rm.pair_contexts(rec.prompt, b, a, task=task, condition=cond)
+        cands, refs = rm.pair_candidates(rec.media["b"], rec.media["a"])
+        return rm.load_items(rec.prompt, cands, references=refs, conditions=cond, task=task)
     ref = rec.media.get("reference")
     if rm.layout == "pairwise" and ref is None:
         raise ValueError(f"row {rec.key}: a pairwise model needs a 'reference' for a single-image row")
-    return rm.contexts(rec.prompt, [rec.media["candidate"]], references=[ref] if ref else None,
-                       conditions=cond, task=task)
+    return rm.load_items(rec.prompt, [rec.media["candidate"]], references=[ref] if ref else None,
+                         conditions=cond, task=task)
+
+
+def _score_built(rm, built: list[tuple], batch_size: int) -> list[list[float]]:
+    """Rewards for each (record, task, items), scoring rows of one task together (shared prefixes)."""
+    import torch
+
+    by_task: dict[str, list[int]] = {}
+    for j, (_, task_obj, _) in enumerate(built):
+        by_task.setdefault(task_obj.name, []).append(j)
+    out: list[list[float]] = [[] for _ in built]
+    with torch.inference_mode():
+        for idx in by_task.values():
+            items = [item for j in idx for item in built[j][2]]
+            rewards = rm.score_items(built[idx[0]][1], items, batch_size=batch_size)
+            pos = 0
+            for j in idx:
+                out[j] = rewards[pos:pos + len(built[j][2])]
+                pos += len(built[j][2])
+    return out
 
 
 # ------------------------------------------------------------------ data

@@ -203,8 +203,9 @@ class RewardModel:
         prompt, candidate, reference, condition = item
         return build_context(task_obj, self.layout, prompt, candidate, reference=reference, condition=condition)
 
-    def _score_items(self, task_obj: Any, items: list[tuple], batch_size: int) -> list[float]:
-        """Rewards for loaded items: shared-prefix groups where possible, else length-sorted plain batches."""
+    def score_items(self, task_obj: Any, items: list[tuple], batch_size: int = 16) -> list[float]:
+        """Rewards for items from `load_items` (call under torch.inference_mode()): shared-prefix
+        groups where possible, else length-sorted plain batches."""
         out: list[float | None] = [None] * len(items)
         plain: list[int] = []
         if self.prefix_scorer is not None and not task_obj.is_video:
@@ -244,22 +245,19 @@ class RewardModel:
         images = list(images) if isinstance(images, (list, tuple)) else [images]
         task_obj, items = self.load_items(prompts, images, references=references, conditions=conditions, task=task)
         with torch.inference_mode():
-            return self._score_items(task_obj, items, batch_size)
+            return self.score_items(task_obj, items, batch_size)
 
-    def pair_contexts(self, prompt: str, image_a: Any, image_b: Any, *, task: str | None = None,
-                      symmetric: bool = True, condition: Any = None) -> list[Context]:
-        """The contexts whose rewards `pair_probability` turns into P(image_a better than image_b)."""
-        cands, refs = self._pair_candidates(image_a, image_b, symmetric)
-        return self.contexts(prompt, cands, references=refs, conditions=condition, task=task)
+    def pair_candidates(self, image_a: Any, image_b: Any, symmetric: bool = True) -> tuple[list, list | None]:
+        """(candidates, references) whose rewards `pair_probability` turns into P(A better than B).
 
-    def _pair_candidates(self, image_a: Any, image_b: Any, symmetric: bool) -> tuple[list, list | None]:
-        """Pointwise: score both. Pairwise: B is image 1 and A image 2, and the swap when symmetric."""
+        Pointwise: both images. Pairwise: A as image 2 against B as image 1, and the swap when symmetric.
+        """
         if self.layout == "pointwise":
             return [image_a, image_b], None
         return ([image_a, image_b], [image_b, image_a]) if symmetric else ([image_a], [image_b])
 
     def pair_probability(self, rewards: Sequence[float]) -> float:
-        """P(A better than B) from the rewards of `pair_contexts` (in its order).
+        """P(A better than B) from the rewards of `pair_candidates` (in its order).
 
         Pairwise: the judge saw B as image 1 and A as image 2; with the swapped question too
         (symmetric), P(A>B) and 1 - P(B>A) are averaged, cancelling position bias.
@@ -273,7 +271,7 @@ class RewardModel:
     def compare(self, prompt: str, image_a: Any, image_b: Any, *, task: str | None = None,
                 symmetric: bool = True, condition: Any = None) -> float:
         """P(image_a better than image_b); see `pair_probability` for how each layout answers."""
-        cands, refs = self._pair_candidates(image_a, image_b, symmetric)
+        cands, refs = self.pair_candidates(image_a, image_b, symmetric)
         return self.pair_probability(self.score(prompt, cands, references=refs, task=task, conditions=condition))
 
     def rank(self, prompt: str, images: Sequence[Any], *, task: str | None = None, condition: Any = None) -> list[int]:
