@@ -65,7 +65,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=1000, help="balanced cases per cell")
     ap.add_argument("--write-docs", action="store_true")
     args = ap.parse_args()
-    lines = [f"# ShapeWorld checker: measured accuracy", "",
+    lines = ["# ShapeWorld checker: measured accuracy", "",
              f"Measured {datetime.date.today()} on {platform.processor() or platform.machine()} "
              f"(1 thread) by `python bench/world_checker.py --n {args.n} --write-docs`.",
              "Balanced sets: half the images satisfy the prompt, half carry one content defect "
