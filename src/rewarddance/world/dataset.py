@@ -133,6 +133,22 @@ def _pair(rng, spec, style, size):
     return make_sample(rng, spec, style, size, positive=pos_a), make_sample(rng, spec, style, size, positive=pos_b)
 
 
+def _records(w: _Writer, rid: str, spec: Spec, a: Sample, b: Sample, label: str, split: str,
+             label_clean: str | None = None, **extra: str) -> tuple[dict, list[dict]]:
+    """Save a pair's images; its pairwise record (rationale from the clean label) and two pointwise ones."""
+    pa, pb = w.save(a.image, f"{rid}_a"), w.save(b.image, f"{rid}_b")
+    truth = label_clean or label
+    pair = {"id": rid, "task": "t2i-overall", "prompt": spec.prompt(), "image_a": pa, "image_b": pb, "label": label}
+    if label_clean is not None:
+        pair["label_clean"] = label_clean
+    pair |= {"rationale": rationale(spec.prompt(), a.result, b.result, truth), "category": spec.category,
+             "split": split, **extra}
+    points = [{"id": f"{rid}{side}", "task": "t2i-alignment", "prompt": spec.prompt(), "image": path,
+               "label": "yes" if sample.result.passed else "no", "category": spec.category, "split": split}
+              for sample, path, side in ((a, pa, "a"), (b, pb, "b"))]
+    return pair, points
+
+
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
     with path.open("w") as f:
         for r in rows:
@@ -162,15 +178,9 @@ def build_world(out: str | Path, n: int = 2000, *, seed: int = 0, size: int = 64
         label = clean
         if clean != "tie" and rng.random() < label_noise:
             label = "b" if clean == "a" else "a"
-        rid = f"train-{i:06d}"
-        pa, pb = w.save(a.image, f"{rid}_a"), w.save(b.image, f"{rid}_b")
-        train.append({"id": rid, "task": "t2i-overall", "prompt": spec.prompt(), "image_a": pa, "image_b": pb,
-                      "label": label, "label_clean": clean, "rationale": rationale(spec.prompt(), a.result,
-                                                                                   b.result, clean),
-                      "category": spec.category, "split": "id"})
-        for s, p, side in ((a, pa, "a"), (b, pb, "b")):
-            pw_train.append({"id": f"{rid}{side}", "task": "t2i-alignment", "prompt": spec.prompt(), "image": p,
-                             "label": "yes" if s.result.passed else "no", "category": spec.category, "split": "id"})
+        pair, points = _records(w, f"train-{i:06d}", spec, a, b, label, "id", label_clean=clean)
+        train.append(pair)
+        pw_train += points
         bar.update()
 
     test, pw_test = [], []
@@ -181,15 +191,10 @@ def build_world(out: str | Path, n: int = 2000, *, seed: int = 0, size: int = 64
         label = preference(a.result, b.result)
         if label == "tie":
             continue  # ties carry no accuracy signal
-        rid = f"test-{len(test):06d}"
-        pa, pb = w.save(a.image, f"{rid}_a"), w.save(b.image, f"{rid}_b")
-        test.append({"id": rid, "task": "t2i-overall", "prompt": spec.prompt(), "image_a": pa, "image_b": pb,
-                     "label": label, "rationale": rationale(spec.prompt(), a.result, b.result, label),
-                     "category": spec.category, "split": split, "style": "ood" if style.outlined else "id"})
-        for s, p, side in ((a, pa, "a"), (b, pb, "b")):
-            pw_test.append({"id": f"{rid}{side}", "task": "t2i-alignment", "prompt": spec.prompt(), "image": p,
-                            "label": "yes" if s.result.passed else "no", "category": spec.category,
-                            "split": split})
+        pair, points = _records(w, f"test-{len(test):06d}", spec, a, b, label, split,
+                                style="ood" if style.outlined else "id")
+        test.append(pair)
+        pw_test += points
         bar.update()
     bar.close()
 
