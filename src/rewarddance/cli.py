@@ -37,15 +37,13 @@ def _load_model(spec: str, args: argparse.Namespace):
 
 # ------------------------------------------------------------------ init-model
 def cmd_init_model(args: argparse.Namespace) -> int:
-    import json as _json
-
     from .models.presets import build_preset
     from .models.reward_model import CONFIG_NAME
 
     _quiet_transformers()
     out = build_preset(args.arch, args.size, args.out, seed=args.seed)
     meta = {"layout": args.layout, "task": args.task}
-    (out / CONFIG_NAME).write_text(_json.dumps(meta, indent=2) + "\n")
+    (out / CONFIG_NAME).write_text(json.dumps(meta, indent=2) + "\n")
     n = _param_count(out)
     print(f"wrote {args.arch}-{args.size} ({n / 1e6:.2f}M parameters, {args.layout}) to {out}")
     return EXIT_OK

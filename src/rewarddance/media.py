@@ -231,24 +231,9 @@ def write_video(path: str | os.PathLike, frames: torch.Tensor | np.ndarray, *, f
     return path
 
 
-def to_pil(image: torch.Tensor) -> Image.Image:
-    """A 3×H×W float tensor in [0,1] -> PIL RGB image."""
-    arr = (image.detach().clamp(0, 1).cpu().numpy().transpose(1, 2, 0) * 255 + 0.5).astype(np.uint8)
-    return Image.fromarray(arr)
-
-
 def load_media(src: Any, *, video: bool, num_frames: int | None = None) -> torch.Tensor:
     """`load_video` when `video`, else `load_image`."""
     return load_video(src, num_frames=num_frames) if video else load_image(src)
-
-
-def is_video_source(src: Any) -> bool:
-    """True for a path with a video suffix other than .gif, a T×3×H×W tensor, or a list of frames."""
-    if isinstance(src, (str, os.PathLike)):
-        return Path(src).suffix.lower() in VIDEO_SUFFIXES - {".gif"}
-    if isinstance(src, torch.Tensor):
-        return src.ndim == 4
-    return isinstance(src, (list, tuple))
 
 
 def broadcast(values: Sequence[Any] | Any, n: int, what: str) -> list[Any]:

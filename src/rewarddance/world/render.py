@@ -14,7 +14,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import numpy as np
 from PIL import Image, ImageDraw
 
 from .scene import COLOURS, Obj, Scene
@@ -100,7 +99,3 @@ def render(scene: Scene, size: int = 64, style: Style = Style()) -> Image.Image:
     for o in scene.objects:
         draw_object(draw, o, big, big, scene.background, outlined=style.outlined)
     return img.resize((size, size), Image.Resampling.BOX)
-
-
-def to_array(img: Image.Image) -> np.ndarray:
-    return np.asarray(img.convert("RGB"))

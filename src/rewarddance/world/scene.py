@@ -9,7 +9,7 @@ Example:
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -225,7 +225,3 @@ def sample_scene(rng: np.random.Generator, spec: Spec, *, background: tuple[int,
         elif _place(rng, objs):
             return Scene(objs, background)
     raise RuntimeError(f"could not place the objects of {spec.prompt()!r}")
-
-
-def with_objects(scene: Scene, objs: list[Obj]) -> Scene:
-    return replace(scene, objects=objs)
