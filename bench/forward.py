@@ -42,9 +42,9 @@ def main() -> None:
     for size in args.sizes:
         for arch in ARCHS:
             rm = rd.load(preset_path(f"{arch}-{size}"), layout="pairwise", fast=False)
-            inputs = rm.encode(rm.contexts("a red circle to the left of a blue star", cands, references=refs))
+            inputs = rm.judge.encode(rm.contexts("a red circle to the left of a blue star", cands, references=refs))
             with torch.inference_mode():
-                ours = best_of(lambda: rm.answer_logits(inputs), args.reps)
+                ours = best_of(lambda: rm.judge.answer_logits(inputs), args.reps)
                 full = best_of(lambda: rm.model(**inputs), args.reps)
             n = sum(p.numel() for p in rm.model.parameters())
             print(f"{arch + '-' + size:20s} {n / 1e6:7.2f}M {ours * 1e3:8.1f} {full * 1e3:8.1f} {full / ours:6.2f}x",

@@ -79,10 +79,10 @@ def run_naive(rm, prompts, cands, refs) -> list[float]:
     ctxs, out = _contexts(rm, prompts, cands, refs), []
     with torch.inference_mode():
         for i in range(0, len(ctxs), BATCH):
-            inputs = rm.encode(ctxs[i:i + BATCH])
+            inputs = rm.judge.encode(ctxs[i:i + BATCH])
             logits = rm.model(**inputs).logits  # B × L × V: every position, every token
             last = logits[:, -1].float().log_softmax(-1)  # left padding: the answer position is last
-            lp = torch.stack([last[:, rm.yes_ids].logsumexp(1), last[:, rm.no_ids].logsumexp(1)], 1)
+            lp = torch.stack([last[:, rm.judge.yes_ids].logsumexp(1), last[:, rm.judge.no_ids].logsumexp(1)], 1)
             out += torch.sigmoid(lp[:, 0] - lp[:, 1]).tolist()
     return out
 
@@ -92,7 +92,7 @@ def run_generate(rm, prompts, cands, refs) -> list[float]:
     tok = rm.processor.tokenizer
     with torch.inference_mode():
         for i in range(0, len(ctxs), BATCH):
-            inputs = rm.encode(ctxs[i:i + BATCH])
+            inputs = rm.judge.encode(ctxs[i:i + BATCH])
             gen = rm.model.generate(**inputs, max_new_tokens=32, min_new_tokens=32, do_sample=False,
                                     use_cache=True, pad_token_id=tok.pad_token_id)
             texts = tok.batch_decode(gen[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)

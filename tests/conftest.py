@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-ARCHS = ("qwen2_vl", "qwen2_5_vl", "idefics3", "smolvlm", "llava", "internvl")
+from rewarddance.models.presets import ARCHS  # the one list of tested architectures
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -16,7 +16,7 @@ PROMPTS = ["a red circle"] * 3 + ["two blue squares and a green star"] * 2 + ["a
 
 def _plain(rm, prompts, cands, refs=None, task=None):
     with torch.inference_mode():
-        return rm.rewards(rm.contexts(prompts, cands, references=refs, task=task)).tolist()
+        return rm.judge.rewards(rm.contexts(prompts, cands, references=refs, task=task)).tolist()
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -69,3 +69,23 @@ def test_feature_cache_is_bounded_lru():
     for i, k in enumerate(keys):
         cache.put(k, torch.tensor([i]))
     assert cache.get(keys[0]) is None and cache.get(keys[2]).item() == 2 and len(cache._items) == 2
+
+
+def test_feature_cache_follows_the_weights(preset_dirs, tmp_path):
+    """After an optimizer step the fast path serves features of the NEW weights: its scores equal a
+    fresh load of the saved, updated checkpoint (and differ from the scores before the step)."""
+    import rewarddance as rd
+
+    rm = rd.load(preset_dirs("qwen2_5_vl"), layout="pairwise")
+    cands, refs = smooth_images(3, seed=21), smooth_images(3, seed=22)
+    before = rm.score("a red circle", cands, references=refs)
+    assert rm.prefix_scorer.features.misses > 0
+    opt = torch.optim.SGD(rm.judge.parameters(), lr=0.5)
+    loss = rm.reward_fn()(torch.stack(cands), "a red circle", references=refs).sum()
+    loss.backward()
+    opt.step()
+    after = rm.score("a red circle", cands, references=refs)
+    rm.save_pretrained(tmp_path / "stepped")
+    fresh = rd.load(tmp_path / "stepped").score("a red circle", cands, references=refs)
+    np.testing.assert_allclose(after, fresh, atol=1e-5)
+    assert np.abs(np.array(after) - np.array(before)).max() > 1e-3

@@ -14,7 +14,7 @@ from PIL import Image
 import rewarddance as rd
 from rewarddance.context import build_context, builtin_tasks
 from rewarddance.models.presets import FAMILIES
-from rewarddance.models.reward_model import resolve_answer_ids
+from rewarddance.models.judge import resolve_answer_ids
 from rewarddance.models.tokenizer import build_tokenizer
 
 from .conftest import ARCHS, smooth_images
@@ -35,11 +35,11 @@ def test_save_load_score_batch_and_gradients(arch, load_rm):
         single = [rm.score(p, [i], references=None if refs is None else [r])[0]
                   for p, i, r in zip(PROMPTS, imgs, refs or [None] * 3)]
         np.testing.assert_allclose(batch, single, atol=1e-5)
-        rm.padding_side = "right"
+        rm.judge.padding_side = "right"
         try:
             np.testing.assert_allclose(rm.score(PROMPTS, imgs, references=refs), single, atol=1e-5)
         finally:
-            rm.padding_side = "left"
+            rm.judge.padding_side = "left"
         x = torch.stack(imgs).requires_grad_(True)
         r = rm.reward_fn()(x, PROMPTS, references=refs)
         assert r.shape == (3,) and r.requires_grad
@@ -104,8 +104,8 @@ def test_answer_tokens_resolved_per_family(load_rm):
     for arch in ARCHS:
         rm = load_rm(arch)
         tok = rm.processor.tokenizer
-        assert tok.decode([rm.yes_ids[0]]).strip() == "yes" and tok.decode([rm.no_ids[0]]).strip() == "no"
-        assert {tok.decode([i]).strip() for i in rm.yes_ids} <= {"yes", "Yes"}
+        assert tok.decode([rm.judge.yes_ids[0]]).strip() == "yes" and tok.decode([rm.judge.no_ids[0]]).strip() == "no"
+        assert {tok.decode([i]).strip() for i in rm.judge.yes_ids} <= {"yes", "Yes"}
 
 
 def test_answer_split_into_several_tokens_fails_clearly(load_rm):
@@ -129,12 +129,12 @@ def test_vocab_normalisation_and_one_forward_logits(load_rm):
     yn, voc = rm_yn.score(PROMPTS[:2], imgs), rm_v.score(PROMPTS[:2], imgs)
     assert all(0 < v < 1 for v in voc)
     # reference: the full forward's last-position softmax, computed the slow way
-    inputs = rm_v.encode(rm_v.contexts(PROMPTS[:2], imgs))
+    inputs = rm_v.judge.encode(rm_v.contexts(PROMPTS[:2], imgs))
     with torch.no_grad():
         logits = rm_v.model(**inputs).logits[:, -1].float()
-    p = logits.softmax(-1)[:, rm_v.yes_ids].sum(1)
+    p = logits.softmax(-1)[:, rm_v.judge.yes_ids].sum(1)
     np.testing.assert_allclose(voc, p.numpy(), atol=1e-5)
-    lyn = logits[:, rm_yn.yes_ids].logsumexp(1) - logits[:, rm_yn.no_ids].logsumexp(1)
+    lyn = logits[:, rm_yn.judge.yes_ids].logsumexp(1) - logits[:, rm_yn.judge.no_ids].logsumexp(1)
     np.testing.assert_allclose(yn, torch.sigmoid(lyn).numpy(), atol=1e-5)
 
 

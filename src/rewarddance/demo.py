@@ -15,7 +15,6 @@ import json
 import sys
 from pathlib import Path
 
-from .cli import main as cli_main
 from .examples import EXAMPLE_DIR
 
 
@@ -26,15 +25,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="runs/demo")
     args = p.parse_args(argv)
     out = Path(args.out)
+    import transformers
+
+    import rewarddance as rd
+
+    from .evaluate import score_manifest
+    from .models.presets import init_model
+    from .world import check
+
+    transformers.utils.logging.set_verbosity_error()
     model = out / f"{args.arch}-{args.size}"
     if not (model / "config.json").exists():
-        rc = cli_main(["init-model", "--arch", args.arch, "--size", args.size, "--out", str(model)])
-        if rc:
-            return rc
+        init_model(args.arch, args.size, model)
     scores = out / "scores.jsonl"
-    rc = cli_main(["score", "--model", str(model), "--input", str(EXAMPLE_DIR / "manifest.jsonl"),
-                   "--output", str(scores)])
-    from .world import check
+    ok, failed = score_manifest(rd.load(model), EXAMPLE_DIR / "manifest.jsonl", scores)
 
     rows = {json.loads(t)["key"]: json.loads(t) for t in scores.read_text().splitlines()}
     print(f"\n{'id':10} {'prompt':48} {'model':>8} {'truth':>6}")
@@ -49,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
             truth = "b" if sb > sa else "a" if sa > sb else "tie"
         print(f"{rec['id']:10} {rec['prompt'][:48]:48} {value:8.4f} {truth:>6}")
     print(f"\nscores: {scores}   (untrained judge: rewards carry no signal until it is trained)")
-    return rc
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -1,6 +1,10 @@
-"""Backbones and reward heads: the generative (yes-token) reward model and offline presets."""
+"""Backbones and reward heads: the judge (differentiable core), the RewardModel facade, checkpoints,
+offline presets."""
 
+from .checkpoint import CheckpointConfig, read_checkpoint_config, write_checkpoint_config
+from .judge import Judge, resolve_answer_ids
 from .presets import ARCHS, SIZES, build_preset, parse_preset_name, preset_path
-from .reward_model import RewardModel, resolve_answer_ids
+from .reward_model import RewardModel
 
-__all__ = ["ARCHS", "SIZES", "RewardModel", "build_preset", "parse_preset_name", "preset_path", "resolve_answer_ids"]
+__all__ = ["ARCHS", "SIZES", "CheckpointConfig", "Judge", "RewardModel", "build_preset", "parse_preset_name",
+           "preset_path", "read_checkpoint_config", "resolve_answer_ids", "write_checkpoint_config"]

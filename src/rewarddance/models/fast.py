@@ -18,18 +18,16 @@ from __future__ import annotations
 import hashlib
 import inspect
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
 import torch
 from transformers import DynamicCache
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from ..context import build_context
+from .judge import Judge
+from .presets import ARCHS
 
-if TYPE_CHECKING:
-    from .reward_model import RewardModel
-
-SUPPORTED = ("qwen2_vl", "qwen2_5_vl", "idefics3", "smolvlm", "llava", "internvl")
 MROPE = ("qwen2_vl", "qwen2_5_vl")
 
 
@@ -42,12 +40,23 @@ def content_key(x: torch.Tensor) -> bytes:
 
 
 class FeatureCache:
-    """Bounded LRU: content hash -> vision-encoder output of one image (and its grid, for Qwen)."""
+    """Bounded LRU: content hash -> vision-encoder output of one image (and its grid, for Qwen).
+
+    The outputs depend on the weights too: `bind(state)` empties the cache whenever the
+    judge's weights state (`Judge.state()`: parameter versions, dtype, device) has changed.
+    """
 
     def __init__(self, max_items: int = 4096) -> None:
         self.max_items = max_items
         self._items: OrderedDict[bytes, Any] = OrderedDict()
+        self._state: Any = None
         self.hits = self.misses = 0
+
+    def bind(self, state: Any) -> None:
+        """Serve only features computed under weights `state` from now on."""
+        if state != self._state:
+            self._items.clear()
+            self._state = state
 
     def get(self, key: bytes) -> Any:
         value = self._items.get(key)
@@ -78,15 +87,15 @@ def _image_runs(ids: torch.Tensor, image_token_id: int) -> list[tuple[int, int]]
 class PrefixScorer:
     """Scores many candidates that share a prompt (and references) with shared prefix forwards."""
 
-    def __init__(self, rm: "RewardModel", *, cache_items: int = 4096) -> None:
-        self.rm = rm
+    def __init__(self, judge: Judge, *, cache_items: int = 4096) -> None:
+        self.judge = judge
         self.features = FeatureCache(cache_items)
-        cfg = rm.model.config
+        cfg = judge.backbone.config
         self.mrope = cfg.model_type in MROPE
         self.image_token_id = getattr(cfg, "image_token_id", None)
         if self.image_token_id is None:
             self.image_token_id = cfg.image_token_index  # LLaVA's name for it
-        params = inspect.signature(rm.model.model.get_image_features).parameters
+        params = inspect.signature(judge.backbone.model.get_image_features).parameters
         self._vision_args = set(params)
         # LLaVA / InternVL read these from the config in forward(); get_image_features needs them passed
         self._vision_config = {k: getattr(cfg, k) for k in ("vision_feature_layer", "vision_feature_select_strategy")
@@ -94,24 +103,25 @@ class PrefixScorer:
         self._as_tensor = False  # whether the family packs image features as one tensor
 
     @staticmethod
-    def supports(model: torch.nn.Module) -> bool:
-        return getattr(model.config, "model_type", None) in SUPPORTED
+    def supports(judge: Judge) -> bool:
+        """The six tested families (generative or value head: both read the last hidden state)."""
+        return getattr(judge.backbone.config, "model_type", None) in ARCHS
 
     def _vision_features(self, images: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor | None]:
         """Per-image vision-encoder outputs (cached by content) and, for Qwen, their grids."""
-        rm = self.rm
+        judge = self.judge
         keys = [content_key(x) for x in images]
         entries = [self.features.get(k) for k in keys]
         missing = [i for i, e in enumerate(entries) if e is None]
         if missing:
-            processed = rm.processor.image_processor(images=[images[i] for i in missing], do_rescale=False,
+            processed = judge.processor.image_processor(images=[images[i] for i in missing], do_rescale=False,
                                                      return_tensors="pt")
-            kwargs = {k: (v.to(rm.device, rm.dtype) if v.is_floating_point() else v.to(rm.device))
+            kwargs = {k: (v.to(judge.device, judge.dtype) if v.is_floating_point() else v.to(judge.device))
                       for k, v in processed.items() if k in self._vision_args}
             if kwargs["pixel_values"].ndim == 5:  # Idefics3/SmolVLM: (samples, images, ...); one image per sample
                 kwargs = {k: v.transpose(0, 1) if k in ("pixel_values", "pixel_attention_mask") else v
                           for k, v in kwargs.items()}
-            out = rm.model.model.get_image_features(**kwargs, **self._vision_config).pooler_output
+            out = judge.backbone.model.get_image_features(**kwargs, **self._vision_config).pooler_output
             self._as_tensor = isinstance(out, torch.Tensor)
             grids = kwargs.get("image_grid_thw")
             for j, i in enumerate(missing):
@@ -145,29 +155,31 @@ class PrefixScorer:
             return layers or []
         ids = inputs["input_ids"]
         cache = DynamicCache(ddp_cache_data=layers) if layers else DynamicCache()
-        past = self.rm.model.model(input_ids=ids[:, start:end], attention_mask=torch.ones_like(ids[:, :end]),
+        past = self.judge.backbone.model(input_ids=ids[:, start:end], attention_mask=torch.ones_like(ids[:, :end]),
                                    position_ids=self._positions(pos, start, end, 1), past_key_values=cache,
                                    use_cache=True, **kwargs).past_key_values
         return [(layer.keys, layer.values) for layer in past.layers]
 
-    def rewards(self, task, prompt: str, groups: Sequence[tuple[torch.Tensor | None, Sequence[torch.Tensor]]],
-                batch_size: int) -> list[torch.Tensor]:
+    def rewards(self, task, layout: str, prompt: str,
+                groups: Sequence[tuple[torch.Tensor | None, Sequence[torch.Tensor]]], batch_size: int
+                ) -> list[torch.Tensor]:
         """P(yes) for the candidates of one prompt, grouped by reference (None in the pointwise layout).
 
         The text before the first image is run once for the prompt, each reference extends it once,
         and each batch of candidates runs only its own image tokens and the turn's closing tokens.
         Raises ValueError when the images do not share one token layout (the caller falls back).
         """
-        rm = self.rm
+        judge = self.judge
+        self.features.bind(judge.state())
         reference, candidates = groups[0]
-        inputs = rm.encode([build_context(task, rm.layout, prompt, candidates[0], reference=reference)])
+        inputs = judge.encode([build_context(task, layout, prompt, candidates[0], reference=reference)])
         ids = inputs["input_ids"]
         runs = _image_runs(ids[0], self.image_token_id)
-        if len(runs) != (2 if rm.layout == "pairwise" else 1):
+        if len(runs) != (2 if layout == "pairwise" else 1):
             raise ValueError("unexpected number of images in the rendered context")
         (shared, _), (split, split_end) = runs[0], runs[-1]
         if self.mrope:
-            pos, _ = rm.model.model.get_rope_index(ids, mm_token_type_ids=inputs["mm_token_type_ids"],
+            pos, _ = judge.backbone.model.get_rope_index(ids, mm_token_type_ids=inputs["mm_token_type_ids"],
                                                    image_grid_thw=inputs["image_grid_thw"],
                                                    attention_mask=inputs["attention_mask"])
         else:
@@ -188,7 +200,7 @@ class PrefixScorer:
 
     def _suffix(self, layers: list, inputs: dict, pos: torch.Tensor, split: int, n_image_tokens: int,
                 candidates: Sequence[torch.Tensor], batch_size: int) -> torch.Tensor:
-        rm, ids, out = self.rm, inputs["input_ids"], []
+        judge, ids, out = self.judge, inputs["input_ids"], []
         length = ids.shape[1]
         for i in range(0, len(candidates), batch_size):
             chunk = candidates[i:i + batch_size]
@@ -198,11 +210,11 @@ class PrefixScorer:
             b = len(chunk)
             cache = DynamicCache(ddp_cache_data=[(k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1))
                                                  for k, v in layers])
-            hidden = rm.model.model(
+            hidden = judge.backbone.model(
                 input_ids=ids[:, split:].expand(b, -1), attention_mask=torch.ones_like(ids).expand(b, length),
                 position_ids=self._positions(pos, split, length, b), past_key_values=cache, use_cache=True,
                 mm_encoder_outputs=self._encoder_outputs(feats),
                 **self._vision_kwargs(inputs, split, length, b, grids),
             ).last_hidden_state
-            out.append(rm.reward_from_scores(rm.head_scores(hidden[:, -1])))
+            out.append(judge.reward_from_scores(judge.head_scores(hidden[:, -1])))
         return torch.cat(out)

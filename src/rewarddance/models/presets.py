@@ -273,6 +273,17 @@ def build_preset(arch: str, size: str, out: str | os.PathLike, *, seed: int = 0)
     return out
 
 
+def init_model(arch: str, size: str, out: str | os.PathLike, *, layout: str = "pointwise",
+               task: str = "t2i-alignment", seed: int = 0) -> Path:
+    """`build_preset` plus the checkpoint config: a judge directory `rd.load` reads with this layout/task."""
+    from .checkpoint import CheckpointConfig, write_checkpoint_config
+
+    out = build_preset(arch, size, out, seed=seed)
+    objective = "generative-pairwise" if layout == "pairwise" else "generative-pointwise"
+    write_checkpoint_config(out, CheckpointConfig(objective=objective, layout=layout, task=task))
+    return out
+
+
 def preset_path(name: str) -> Path:
     """The cached directory of preset `name`, built on first use."""
     parsed = parse_preset_name(name)

@@ -1,8 +1,9 @@
-"""The generative reward model: r = P("yes") at the answer position of a VLM.
+"""The reward model facade: score / compare / rank / reward_fn / explain over a judge.
 
-One forward pass of the backbone, the hidden state at the last real position of each
-sequence, and only the "yes"/"no" rows of the LM head (the full-vocabulary softmax is an
-option). Works for any image-text-to-text model transformers loads from a directory.
+`RewardModel` is what users hold: it checks arguments against the checkpoint's layout,
+loads media, builds contexts, batches (shared-prefix fast path where the family allows it)
+and turns rewards into comparisons and rankings. The differentiable core it calls is a
+`Judge` (judge.py), or a `ClipJudge` (clip.py) for the dual-encoder baseline.
 
 Example:
     >>> import rewarddance as rd
@@ -13,161 +14,113 @@ Example:
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
-from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from ..context import LAYOUTS, Context, build_context, get_task
 from ..media import MediaError, broadcast, load_image, load_media
+from .checkpoint import CheckpointConfig, read_checkpoint_config, write_checkpoint_config
 from .fast import PrefixScorer, content_key
-
-CONFIG_NAME = "rewarddance.json"
-NORMALIZATIONS = ("yes_no", "vocab")
+from .judge import Judge
 
 
-def resolve_answer_ids(processor: Any, word: str) -> list[int]:
-    """Token ids the model may answer `word` with; the first is the one training targets.
+def load_judge(path: str | os.PathLike, config: CheckpointConfig, *, device: str = "cpu",
+               dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    """The judge a checkpoint's objective scores with: a generative or value-head `Judge`, or a `ClipJudge`."""
+    if config.objective == "clip-bt":
+        from .clip import ClipJudge
 
-    The primary id is found by rendering the chat template with and without the answer,
-    so it is exactly the token that follows the generation prompt (with or without a
-    leading space, as the family's template makes it). Capitalised and space-prefixed
-    variants that are single tokens are added.
-    """
-    tok = processor.tokenizer
-    user = [{"role": "user", "content": [{"type": "text", "text": "Q"}]}]
-    answer = [{"role": "assistant", "content": [{"type": "text", "text": word}]}]
-    prompt_ids = tok.encode(processor.apply_chat_template(user, add_generation_prompt=True, tokenize=False),
-                            add_special_tokens=False)
-    full_ids = tok.encode(processor.apply_chat_template(user + answer, tokenize=False), add_special_tokens=False)
-    if full_ids[: len(prompt_ids)] != prompt_ids or len(full_ids) <= len(prompt_ids):
-        raise ValueError("the chat template's generation prompt is not a prefix of the rendered answer; "
-                         "cannot locate the answer token")
-    first = full_ids[len(prompt_ids)]
-    if tok.decode([first]).strip() != word:
-        raise ValueError(f"the tokenizer splits the answer {word!r} into several tokens "
-                         f"(first is {tok.decode([first])!r}); a generative reward needs it as one token")
-    ids = [first]
-    for form in (word, " " + word, word.capitalize(), " " + word.capitalize()):
-        enc = tok.encode(form, add_special_tokens=False)
-        if len(enc) == 1 and enc[0] not in ids:
-            ids.append(enc[0])
-    return ids
+        return ClipJudge.from_pretrained(path, device=device, dtype=dtype)
+    adapter_of = None
+    if config.adapter_of:
+        from .presets import parse_preset_name, preset_path
 
-
-def _last_positions(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Index of the last real token of each row, for left or right padding."""
-    length = attention_mask.shape[1]
-    return length - 1 - attention_mask.flip(1).int().argmax(1)
+        base = Path(config.adapter_of)
+        adapter_of = base if base.is_absolute() else Path(path) / base
+        if not adapter_of.exists() and parse_preset_name(config.adapter_of):
+            adapter_of = preset_path(config.adapter_of)
+    return Judge.from_pretrained(path, device=device, dtype=dtype, normalize=config.normalize,
+                                 padding_side=config.padding_side, value_head=config.objective == "regressive-bt",
+                                 adapter_of=adapter_of)
 
 
 class RewardModel:
-    """A VLM judge whose reward is P("yes").
+    """A judge whose reward is P("yes") (or sigma(v) for the value-head and CLIP baselines).
 
-    `layout`: "pointwise" (prompt + candidate) or "pairwise" (prompt + reference as image 1
-    + candidate as image 2: r = P(candidate beats reference)). `normalize`: "yes_no"
-    (softmax over the answer tokens, default) or "vocab" (full-vocabulary softmax).
-    `fast`: shared-prefix scoring where the family allows it (models/fast.py); `compile`:
-    torch.compile the language model (slow first call, faster after).
+    `config.layout`: "pointwise" (prompt + candidate) or "pairwise" (prompt + reference as
+    image 1 + candidate as image 2: r = P(candidate beats reference)). `fast`: shared-prefix
+    scoring where the family allows it (models/fast.py); `compile`: torch.compile the
+    language model (slow first call, faster after).
     """
 
-    def __init__(self, model: torch.nn.Module, processor: Any, *, layout: str = "pointwise",
-                 task: str = "t2i-alignment", normalize: str = "yes_no", num_frames: int = 4,
-                 padding_side: str = "left", fast: bool = True, compile: bool = False) -> None:
-        if layout not in LAYOUTS:
-            raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
-        if normalize not in NORMALIZATIONS:
-            raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {normalize!r}")
-        self.model, self.processor = model, processor
-        self.layout, self.task, self.normalize = layout, task, normalize
-        self.num_frames, self.padding_side = num_frames, padding_side
-        self.yes_ids = resolve_answer_ids(processor, "yes")
-        self.no_ids = resolve_answer_ids(processor, "no")
+    def __init__(self, judge: torch.nn.Module, config: CheckpointConfig | None = None, *, fast: bool = True,
+                 compile: bool = False) -> None:
+        self.judge = judge
+        self.config = config or CheckpointConfig()
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {LAYOUTS}, got {self.layout!r}")
         # shared-prefix KV cache + vision-feature reuse where the family allows it (see fast.py)
-        self.prefix_scorer = PrefixScorer(self) if fast and PrefixScorer.supports(model) else None
+        self.prefix_scorer = PrefixScorer(judge) if fast and isinstance(judge, Judge) and PrefixScorer.supports(
+            judge) else None
         if compile:  # measured 1.5x on this CPU after a ~2-minute first call: worth it for long RL runs
-            inner = model.model
+            inner = judge.backbone.model
             name = "language_model" if hasattr(inner, "language_model") else "text_model"
             setattr(inner, name, torch.compile(getattr(inner, name), dynamic=True))
 
     # ------------------------------------------------------------------ loading
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, *, device: str = "cpu", dtype: torch.dtype | None = None,
-                        **overrides: Any) -> "RewardModel":
-        """Load a checkpoint directory (model + processor [+ rewarddance.json])."""
+                        fast: bool = True, compile: bool = False, **overrides: Any) -> "RewardModel":
+        """Load a checkpoint directory (model + processor [+ rewarddance.json]); `overrides`
+        replace checkpoint settings (layout, task, normalize, num_frames, padding_side)."""
         path = Path(path)
-        if not (path / "config.json").exists():
+        if not (path / "config.json").exists() and not (path / "adapter_config.json").exists():
             raise FileNotFoundError(f"{path}: no config.json; not a model directory")
-        meta = json.loads((path / CONFIG_NAME).read_text()) if (path / CONFIG_NAME).exists() else {}
-        meta.update(overrides)
-        model = AutoModelForImageTextToText.from_pretrained(
-            path, dtype=dtype or torch.float32, attn_implementation="sdpa").to(device).eval()
-        processor = AutoProcessor.from_pretrained(path)
-        return cls(model, processor, **meta)
+        config = read_checkpoint_config(path).replace(**overrides)
+        judge = load_judge(path, config, device=device, dtype=dtype or torch.float32)
+        return cls(judge, config, fast=fast, compile=compile)
 
-    def save_pretrained(self, path: str | os.PathLike) -> None:
+    def save_pretrained(self, path: str | os.PathLike, *, merge_adapter: bool = True) -> None:
+        """Write the judge and rewarddance.json (LoRA: merged weights, or the adapter alone)."""
         path = Path(path)
-        self.model.save_pretrained(path)
-        self.processor.save_pretrained(path)
-        (path / CONFIG_NAME).write_text(json.dumps(self.metadata(), indent=2) + "\n")
+        self.judge.save_pretrained(path, merge_adapter=merge_adapter)
+        config = self.config
+        if isinstance(self.judge, Judge):
+            config = config.replace(answer_ids={"yes": self.judge.yes_ids, "no": self.judge.no_ids})
+        write_checkpoint_config(path, config)
 
-    def metadata(self) -> dict[str, Any]:
-        return {"layout": self.layout, "task": self.task, "normalize": self.normalize,
-                "num_frames": self.num_frames, "padding_side": self.padding_side}
+    # ------------------------------------------------------------------ settings
+    @property
+    def layout(self) -> str:
+        return self.config.layout
+
+    @property
+    def task(self) -> str:
+        return self.config.task
+
+    @property
+    def num_frames(self) -> int:
+        return self.config.num_frames
+
+    @property
+    def model(self) -> torch.nn.Module:
+        """The Hugging Face model (through any peft / DDP wrapper)."""
+        return self.judge.backbone
+
+    @property
+    def processor(self) -> Any:
+        return self.judge.processor
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        return self.judge.device
 
     @property
     def dtype(self) -> torch.dtype:
-        return next(self.model.parameters()).dtype
-
-    # ------------------------------------------------------------------ core
-    def encode(self, contexts: Sequence[Context], *, add_generation_prompt: bool = True) -> dict[str, torch.Tensor]:
-        """Render contexts with the chat template and run the processor; tensors on the model's device."""
-        texts = [self.processor.apply_chat_template(c.messages, add_generation_prompt=add_generation_prompt,
-                                                    tokenize=False) for c in contexts]
-        batch = self.processor(text=texts, images=[c.images for c in contexts], padding=True,
-                               padding_side=self.padding_side, do_rescale=False, return_tensors="pt")
-        out = {}
-        for k, v in batch.items():
-            v = v.to(self.device)
-            out[k] = v.to(self.dtype) if v.is_floating_point() else v
-        return out
-
-    def answer_logits(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        """B×2 log-scores (yes, no) at each sequence's answer position, from one forward pass."""
-        hidden = self.model.model(**inputs, use_cache=False).last_hidden_state
-        rows = torch.arange(hidden.shape[0], device=hidden.device)
-        return self.head_scores(hidden[rows, _last_positions(inputs["attention_mask"])])
-
-    def head_scores(self, h: torch.Tensor) -> torch.Tensor:
-        """B×2 log-scores (yes, no) from final hidden states B×H: only the answer rows of the LM head."""
-        head = self.model.get_output_embeddings()
-        n_yes = len(self.yes_ids)
-        if self.normalize == "yes_no":
-            ids = torch.tensor(self.yes_ids + self.no_ids, device=h.device)
-            logits = h @ head.weight[ids].T
-            if getattr(head, "bias", None) is not None:
-                logits = logits + head.bias[ids]
-        else:
-            logits = torch.log_softmax(head(h).float(), dim=-1)[:, self.yes_ids + self.no_ids]
-        logits = logits.float()
-        return torch.stack([logits[:, :n_yes].logsumexp(1), logits[:, n_yes:].logsumexp(1)], dim=1)
-
-    def rewards(self, contexts: Sequence[Context]) -> torch.Tensor:
-        """P(yes) for each context (differentiable; wrap in torch.no_grad() when scoring)."""
-        return self.reward_from_scores(self.answer_logits(self.encode(contexts)))
-
-    def reward_from_scores(self, lp: torch.Tensor) -> torch.Tensor:
-        """P(yes) from B×2 (yes, no) log-scores."""
-        if self.normalize == "yes_no":
-            return torch.sigmoid(lp[:, 0] - lp[:, 1])
-        return lp[:, 0].exp()
+        return self.judge.dtype
 
     def load_items(self, prompts: Sequence[str] | str, candidates: Sequence[Any], *, references: Any = None,
                    conditions: Any = None, task: str | None = None) -> tuple[Any, list[tuple]]:
@@ -211,29 +164,36 @@ class RewardModel:
         if self.prefix_scorer is not None and not task_obj.is_video:
             by_prompt: dict[str, dict[bytes | None, list[int]]] = {}
             for i, (p, c, r, k) in enumerate(items):
-                if k is not None:
-                    plain.append(i)
+                if k is not None or (r is not None and r.shape != c.shape):
+                    plain.append(i)  # condition images, or mixed sizes: no common token layout
                 else:
                     by_prompt.setdefault(p, {}).setdefault(None if r is None else content_key(r), []).append(i)
             for p, by_ref in by_prompt.items():
-                groups = [(items[idx[0]][2], [items[i][1] for i in idx]) for idx in by_ref.values()]
-                try:
-                    rewards = self.prefix_scorer.rewards(task_obj, p, groups, batch_size)
-                except ValueError:  # e.g. images of different sizes: no common token layout
-                    plain += [i for idx in by_ref.values() for i in idx]
-                    continue
-                for idx, r in zip(by_ref.values(), rewards):
-                    for i, v in zip(idx, r.tolist()):
-                        out[i] = v
+                self._prefix_groups(task_obj, p, items, by_ref, batch_size, out)
         else:
             plain = list(range(len(items)))
         # length-aware batching: similar lengths together, so padding wastes little
         plain.sort(key=lambda i: (len(items[i][0]), items[i][1].ndim))
         for j in range(0, len(plain), batch_size):
             idx = plain[j:j + batch_size]
-            for i, v in zip(idx, self.rewards([self._context(task_obj, items[i]) for i in idx]).tolist()):
+            for i, v in zip(idx, self.judge.rewards([self._context(task_obj, items[i]) for i in idx]).tolist()):
                 out[i] = v
         return out  # type: ignore[return-value]
+
+    def _prefix_groups(self, task_obj: Any, prompt: str, items: list[tuple], by_ref: dict[Any, list[int]],
+                       batch_size: int, out: list) -> None:
+        """Score one prompt's candidates on the shared-prefix path into `out`: grouped by image size
+        (one token layout per size; references have their candidate's size), then by reference."""
+        by_shape: dict[tuple, dict[Any, list[int]]] = {}
+        for ref, idx in by_ref.items():
+            for i in idx:
+                by_shape.setdefault(tuple(items[i][1].shape), {}).setdefault(ref, []).append(i)
+        for groups_idx in by_shape.values():
+            groups = [(items[idx[0]][2], [items[i][1] for i in idx]) for idx in groups_idx.values()]
+            rewards = self.prefix_scorer.rewards(task_obj, self.layout, prompt, groups, batch_size)
+            for idx, r in zip(groups_idx.values(), rewards):
+                for i, v in zip(idx, r.tolist()):
+                    out[i] = v
 
     # ------------------------------------------------------------------ public API
     def score(self, prompts: Sequence[str] | str, images: Sequence[Any] | Any, *, references: Any = None,
@@ -289,11 +249,12 @@ class RewardModel:
                 wins[j] += 1.0 - pij
         return [] if n == 0 else torch.argsort(wins, descending=True, stable=True).tolist()
 
-    def reward_fn(self, task: str | None = None) -> Callable[..., torch.Tensor]:
+    def reward_fn(self, task: str | None = None, *, raw: bool = False) -> Callable[..., torch.Tensor]:
         """A differentiable reward for ReFL: fn(images, prompts, references=None) -> tensor of shape B.
 
         `images`: float B×3×H×W (or B×T×3×H×W video) in [0, 1]; gradients flow back to them
-        through the family's own torch image processor and the backbone.
+        through the family's own torch image processor and the backbone. `raw=True` returns the
+        reward's logit instead (the value v of a value-head judge, logit P(yes) of a generative one).
         """
         def fn(images: torch.Tensor, prompts: Sequence[str] | str, references: Any = None,
                conditions: Any = None) -> torch.Tensor:
@@ -301,5 +262,24 @@ class RewardModel:
                 raise MediaError("reward_fn: images must be a float tensor B×3×H×W or B×T×3×H×W in [0, 1]")
             refs = list(references) if isinstance(references, torch.Tensor) else references
             ctxs = self.contexts(prompts, list(images), references=refs, conditions=conditions, task=task)
-            return self.rewards(ctxs)
+            if raw:
+                scores = self.judge.answer_logits(self.judge.encode(ctxs))
+                return scores[:, 0] - scores[:, 1]
+            return self.judge.rewards(ctxs)
         return fn
+
+    def explain(self, prompt: str, image: Any, *, reference: Any = None, condition: Any = None,
+                task: str | None = None, max_new_tokens: int = 64) -> tuple[float, str]:
+        """(P(yes), rationale): the judgment from one forward pass, then the reason generated
+        greedily after the judgment token (meaningful for judges trained with CoT rationales).
+
+            >>> rm = rd.load("qwen2_5_vl-small-shapeworld")                # doctest: +SKIP
+            >>> rm.explain("a red circle", "a.png")                        # doctest: +SKIP
+            (0.93, 'the image shows a red circle ...')
+        """
+        if not isinstance(self.judge, Judge):
+            raise ValueError(f"a {self.config.objective} judge writes no text: explain needs a generative judge")
+        ctx = self.contexts(prompt, [image], references=None if reference is None else [reference],
+                            conditions=condition, task=task)[0]
+        p, judgment, text = self.judge.explain(ctx, max_new_tokens=max_new_tokens)
+        return p, text
