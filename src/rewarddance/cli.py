@@ -1,8 +1,9 @@
-"""The `rewarddance` command: init-model, score, data world.
+"""The `rewarddance` command: init-model, score, train, data world.
 
     rewarddance init-model --arch qwen2_5_vl --size tiny --out models/tiny
     rewarddance score --model models/tiny --prompt "a red circle" a.png b.png
     rewarddance score --model models/tiny --input pairs.jsonl --output scores.jsonl
+    rewarddance train data=data/world/train.jsonl eval_data=data/world/test.jsonl max_minutes=15
     rewarddance data world --out data/world --n 2000
 
 Exit codes: 0 ok, 1 some rows or images failed, 2 usage error. User errors print one
@@ -120,6 +121,16 @@ def cmd_data_world(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# ------------------------------------------------------------------ train
+def cmd_train(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .recipes.train_rm import TrainConfig, train
+
+    _quiet_transformers()
+    train(load_config(TrainConfig, args.config, args.overrides))
+    return EXIT_OK
+
+
 # ------------------------------------------------------------------ main
 class UsageError(Exception):
     """Bad arguments: exit code 2."""
@@ -154,6 +165,16 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("images", nargs="*")
     q.set_defaults(func=cmd_score)
 
+    from .config import describe
+    from .recipes.train_rm import TrainConfig
+
+    q = sub.add_parser("train", help="train a reward model (key=value overrides; see the keys below)",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="keys (default, type):\n" + describe(TrainConfig))
+    q.add_argument("--config", help="YAML file of settings (keys below); key=value arguments override it")
+    q.add_argument("overrides", nargs="*", metavar="key=value")
+    q.set_defaults(func=cmd_train)
+
     q = sub.add_parser("data", help="build datasets")
     dsub = q.add_subparsers(dest="dataset", required=True)
     w = dsub.add_parser("world", help="ShapeWorld preference, pointwise, reference and pretraining data")
@@ -180,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as e:
         print(f"rewarddance {args.command}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    except (MediaError, RecordError, ValueError, FileNotFoundError, OSError) as e:
+    except (MediaError, RecordError, ValueError, FileNotFoundError, OSError) as e:  # ConfigError is a ValueError
         print(f"rewarddance {args.command}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

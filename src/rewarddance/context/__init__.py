@@ -92,10 +92,14 @@ def get_task(task: str | os.PathLike | Task) -> Task:
 
 @dataclass
 class Context:
-    """Chat messages for the processor's chat template, and the images they refer to, in order."""
+    """Chat messages for the processor's chat template, and the images they refer to, in order.
+
+    `prompt` is the generation prompt itself (a dual-encoder judge such as CLIP reads only it
+    and the last image, the candidate)."""
 
     messages: list[dict[str, Any]]
     images: list[torch.Tensor] = field(default_factory=list)
+    prompt: str = ""
 
 
 def _frames(x: torch.Tensor) -> list[torch.Tensor]:
@@ -162,7 +166,7 @@ def build_context(
             messages.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
         elif i < len(turns) - 1:
             raise ValueError(f"in-context example {i} has no answer")
-    return Context(messages, images)
+    return Context(messages, images, validate_prompt(prompt))
 
 
 def format_target(judgment: str, rationale: str | None = None, *, order: str = "judgment-first") -> str:

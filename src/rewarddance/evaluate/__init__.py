@@ -1,5 +1,5 @@
 """Measuring reward models: manifest scoring (resumable, row errors kept)."""
 
-from .scoring import score_manifest
+from .scoring import pairwise_accuracy, score_manifest, score_records
 
-__all__ = ["score_manifest"]
+__all__ = ["pairwise_accuracy", "score_manifest", "score_records"]

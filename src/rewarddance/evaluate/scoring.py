@@ -64,34 +64,65 @@ def score_manifest(rm: RewardModel, input: str | os.PathLike, output: str | os.P
             out.flush()
 
         for i in range(0, len(todo), batch_size):
-            built, errors = [], []
-            for rec in todo[i:i + batch_size]:
-                try:
-                    if isinstance(rec, RecordError):
-                        raise rec
-                    built.append((rec, *_record_items(rm, rec, task)))
-                except (MediaError, ValueError) as e:
-                    errors.append({"key": getattr(rec, "key", ""), "line": rec.line, "error": str(e)})
-                    if strict:
-                        break  # rows read before the bad one are still scored and kept
-            rewards = _score_built(rm, built, batch_size)
-            for (rec, _, _), r in zip(built, rewards):
-                row = {"key": rec.key, "line": rec.line}
-                if "id" in rec.raw:
-                    row["id"] = rec.raw["id"]
-                if rec.kind == "pairwise":
-                    row["p_b_better"] = rm.pair_probability(r)  # items were built for (b, a)
-                else:
-                    row["reward"] = r[0]
+            chunk = todo[i:i + batch_size]
+            rows = score_records(rm, chunk, task=task, batch_size=batch_size, strict=strict)
+            for row in rows:
                 emit(row)
-            for row in errors:
-                emit(row)
-                print(f"error: {row['error']}", file=sys.stderr)
-            ok, failed = ok + len(built), failed + len(errors)
-            bar.update(len(built) + len(errors))
-            if strict and errors:
+                if "error" in row:
+                    print(f"error: {row['error']}", file=sys.stderr)
+            n_bad = sum("error" in r for r in rows)
+            ok, failed = ok + len(rows) - n_bad, failed + n_bad
+            bar.update(len(rows))
+            if strict and n_bad:
                 break
     return ok, failed
+
+
+def score_records(rm: RewardModel, records: list[Any], *, task: str | None = None, batch_size: int = 16,
+                  strict: bool = False) -> list[dict[str, Any]]:
+    """One result row per record, in order: `p_b_better` (pairwise rows: P(image_b better than image_a)),
+    `reward` (single-image rows) or `error` (a RecordError, or media that failed to load). With
+    `strict`, rows after the first bad one are not scored (rows before it are)."""
+    built, errors = [], {}
+    for rec in records:
+        try:
+            if isinstance(rec, RecordError):
+                raise rec
+            built.append((rec, *_record_items(rm, rec, task)))
+        except (MediaError, ValueError) as e:
+            errors[id(rec)] = {"key": getattr(rec, "key", ""), "line": rec.line, "error": str(e)}
+            if strict:
+                break
+    scored = {}
+    for (rec, _, _), r in zip(built, _score_built(rm, built, batch_size)):
+        row = {"key": rec.key, "line": rec.line}
+        if "id" in rec.raw:
+            row["id"] = rec.raw["id"]
+        if rec.kind == "pairwise":
+            row["p_b_better"] = rm.pair_probability(r)  # items were built for (b, a)
+        else:
+            row["reward"] = r[0]
+        scored[id(rec)] = row
+    return [scored.get(id(r)) or errors[id(r)] for r in records if id(r) in scored or id(r) in errors]
+
+
+def pairwise_accuracy(rows: list[dict[str, Any]], records: list[Any]) -> dict[str, Any]:
+    """Accuracy of `p_b_better` rows against the records' labels over non-tied pairs (0.5 counts as
+    wrong), overall and per split."""
+    by_key = {r.key: r for r in records if not isinstance(r, RecordError)}
+    hits: dict[str, list[bool]] = {}
+    for row in rows:
+        rec = by_key.get(row.get("key"))
+        if rec is None or "p_b_better" not in row or rec.label not in ("a", "b"):
+            continue
+        p = row["p_b_better"]
+        ok = (p > 0.5) if rec.label == "b" else (p < 0.5)
+        for name in ("all", str(rec.raw.get("split", "all"))):
+            hits.setdefault(name, []).append(ok)
+    out: dict[str, Any] = {"n": len(hits.get("all", []))}
+    for name, h in hits.items():
+        out["accuracy" if name == "all" else f"accuracy_{name}"] = sum(h) / len(h)
+    return out
 
 
 def _record_items(rm: RewardModel, rec: Any, task: str | None) -> tuple[Any, list[tuple]]:

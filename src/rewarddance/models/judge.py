@@ -221,15 +221,20 @@ class Judge(nn.Module):
         logits = logits.float()
         return torch.stack([logits[:, :n_yes].logsumexp(1), logits[:, n_yes:].logsumexp(1)], dim=1)
 
-    def forward(self, inputs: dict[str, torch.Tensor], answer_positions: torch.Tensor | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B×2 answer log-scores, B×L×H hidden states). Answers are read at `answer_positions`
-        (default: each row's last real token). Training calls this through its DDP wrapper."""
+    def forward(self, inputs: dict[str, torch.Tensor], answer_positions: torch.Tensor | None = None,
+                lm_positions: tuple[torch.Tensor, torch.Tensor] | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(B×2 answer log-scores, full-vocabulary logits at `lm_positions` (rows, cols) or None), from
+        one forward. Answers are read at `answer_positions` (default: each row's last real token).
+        Training calls this through its DDP wrapper, so everything with gradients happens inside."""
         hidden = self.hidden_states(inputs)
         if answer_positions is None:
             answer_positions = last_positions(inputs["attention_mask"])
         rows = torch.arange(hidden.shape[0], device=hidden.device)
-        return self.head_scores(hidden[rows, answer_positions]), hidden
+        scores = self.head_scores(hidden[rows, answer_positions])
+        if lm_positions is None:
+            return scores, None
+        return scores, self.backbone.get_output_embeddings()(hidden[lm_positions[0], lm_positions[1]])
 
     def answer_logits(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """B×2 (yes, no) log-scores at each sequence's answer position, from one forward pass."""

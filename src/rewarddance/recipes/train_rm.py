@@ -1,0 +1,356 @@
+"""Recipe: train a reward model (generative pairwise / pointwise, regressive-bt, clip-bt; next-token pretraining).
+
+    rewarddance train data=data/world/train.jsonl eval_data=data/world/test.jsonl max_minutes=15
+    rewarddance train --config configs/train_rm.yaml lora=true output_dir=runs/lora
+    torchrun --standalone --nproc_per_node 2 -m rewarddance.cli train data=...      # data-parallel
+
+Setup (config, accelerator, data, judge, optimizer, resume), the train loop (global batch of
+`batch_size` records split over ranks and `grad_accum` micro-batches), and save (atomic
+`checkpoints/step-N` every `save_steps`, `best` by held-out accuracy, `final`). Killed and
+restarted with the same command, a run resumes from its last checkpoint and repeats the
+uninterrupted run's per-step losses. The components it wires live in rewarddance.train,
+rewarddance.data.training and rewarddance.models.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from ..config import ConfigError, save_config
+from ..data import RecordError
+from ..data.training import NEXT_TOKEN, Batch, make_example, make_pretrain_example, read_examples_source
+from ..media import MediaError
+from ..models.checkpoint import CheckpointConfig, read_checkpoint_config, write_checkpoint_config
+from ..models.clip import ClipJudge
+from ..models.judge import Judge
+from ..models.reward_model import RewardModel
+from ..train.engine import Checkpointer, MetricsLog, atomic_dir, rng_state, set_rng_state, step_records
+from ..train.forward import sequence_scores
+from ..train.objectives import OBJECTIVES
+
+DEFAULT_MODEL = "qwen2_5_vl-small-shapeworld"
+LORA_TARGETS = {"default": ["q_proj", "k_proj", "v_proj", "o_proj"]}
+
+
+@dataclass
+class TrainConfig:
+    """Settings of `rewarddance train` (YAML keys; override any with key=value)."""
+
+    model: str = DEFAULT_MODEL  # checkpoint directory or preset name (a committed pretrained preset by default)
+    data: str | None = None  # training manifest (JSONL); required
+    eval_data: str | None = None  # held-out pairs: accuracy every eval_steps, best checkpoint kept as best/
+    objective: Literal["generative-pairwise", "generative-pointwise", "regressive-bt", "clip-bt",
+                       "next-token"] = "generative-pairwise"
+    task: str = "t2i-overall"  # task of rows that name none
+    output_dir: str = "runs/train"
+    max_steps: int = 1000  # optimizer updates
+    max_minutes: float | None = None  # stop cleanly (and save final/) after this much training time
+    batch_size: int = 16  # records per optimizer update, over all ranks and micro-batches
+    grad_accum: int = 1  # micro-batches per update on each rank
+    lr: float = 2e-4
+    weight_decay: float = 0.01
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup_steps: int = 20
+    max_grad_norm: float = 1.0
+    seed: int = 0
+    ties: Literal["drop", "soft"] = "drop"  # tied pairs: left out, or soft 0.5 targets
+    cot: bool = True  # train on records' rationales (after the judgment token) when they have one
+    cot_weight: float = 0.5  # weight of the rationale's next-token loss
+    cot_order: Literal["judgment-first", "rationale-first"] = "judgment-first"
+    ce_weight: float = 0.1  # generative-pointwise: weight of the yes/no cross-entropy beside Bradley-Terry
+    num_frames: int = 4  # frames sampled from each video
+    lora: bool = False
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    lora_targets: dict[str, list[str]] = field(default_factory=lambda: dict(LORA_TARGETS))  # per family, or default
+    lora_save: Literal["merged", "adapter"] = "merged"  # what final/ and best/ hold
+    freeze_vision: bool = False
+    gradient_checkpointing: bool = False
+    bf16: bool = False  # bf16 autocast (where the device supports it)
+    clip_size: str = "small"  # clip-bt from scratch: the size of the CLIP built when `model` is no CLIP checkpoint
+    save_steps: int = 200  # checkpoint every N updates (and at the end)
+    keep_checkpoints: int = 2
+    log_steps: int = 10  # a metrics.jsonl row every N updates
+    eval_steps: int = 100
+    eval_max: int = 400  # held-out records evaluated each time
+    eval_batch_size: int = 32
+    strict: bool = False  # stop at the first bad data row instead of skipping it
+    tensorboard: bool = True
+    progress: bool = True
+
+
+# ------------------------------------------------------------------ setup
+def _accelerator(cfg: TrainConfig):
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    # Accelerator() under torchrun on a machine without CUDA lets every rank train alone, silently
+    # (field notes): ask for the CPU explicitly there, and gloo comes with it.
+    return Accelerator(cpu=not torch.cuda.is_available(),
+                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+
+
+def _say(accelerator, text: str) -> None:
+    if accelerator.is_main_process:
+        print(text, file=sys.stderr, flush=True)
+
+
+def load_training_records(cfg: TrainConfig, accelerator=None) -> list[Any]:
+    """Every usable row of `cfg.data`; bad rows (malformed JSON, missing/corrupt media, unknown labels,
+    rows the objective cannot use) are reported with their line numbers and skipped, or stop the
+    run with `strict`. Each row's media is loaded once here, so training never meets a bad file."""
+    if not cfg.data:
+        raise ConfigError("data: a training manifest is required (data=path/to/train.jsonl)")
+    path = Path(cfg.data)
+    if not path.exists():
+        raise ConfigError(f"data: {path} not found")
+    good, bad = [], []
+    for rec in read_examples_source(path, cfg.objective):
+        try:
+            if isinstance(rec, RecordError):
+                raise rec
+            _example(cfg, rec)
+            good.append(rec)
+        except (MediaError, ValueError) as e:  # RecordError is a ValueError: one bad row, reported and skipped
+            message = str(e) if str(e).startswith(str(path)) else f"{path}:{rec.line}: {e}"
+            if cfg.strict:
+                raise ConfigError(f"{message} (strict=true stops at the first bad row)") from None
+            bad.append(message)
+    if accelerator is None or accelerator.is_main_process:
+        for message in bad[:20]:
+            print(f"skipped: {message}", file=sys.stderr)
+        if len(bad) > 20:
+            print(f"skipped: ... and {len(bad) - 20} more bad rows", file=sys.stderr)
+        if bad:
+            print(f"{len(bad)} bad row(s) skipped, {len(good)} used", file=sys.stderr)
+    if not good:
+        raise ConfigError(f"data: {path} has no usable rows for objective {cfg.objective}")
+    return good
+
+
+def _example(cfg: TrainConfig, rec: Any):
+    if cfg.objective == NEXT_TOKEN:
+        return make_pretrain_example(rec)
+    return make_example(rec, cfg.objective, task=cfg.task, cot=cfg.cot, cot_order=cfg.cot_order,
+                        num_frames=cfg.num_frames)
+
+
+def resolve_model(spec: str) -> Path:
+    """A checkpoint directory, or a preset name (built or fetched from the package on first use)."""
+    from ..models.presets import parse_preset_name, preset_path
+
+    path = Path(spec)
+    if path.exists():
+        return path
+    if parse_preset_name(spec) is not None:
+        return preset_path(spec)
+    raise ConfigError(f"model: {spec!r} is neither a directory nor a preset name")
+
+
+def build_judge(cfg: TrainConfig) -> tuple[torch.nn.Module, CheckpointConfig]:
+    """The judge to train and the checkpoint config its saves will carry."""
+    layout = "pairwise" if cfg.objective == "generative-pairwise" else "pointwise"
+    ckpt = CheckpointConfig(objective=cfg.objective if cfg.objective != NEXT_TOKEN else "generative-pointwise",
+                            layout=layout, task=cfg.task, num_frames=cfg.num_frames)
+    if cfg.objective == "clip-bt":
+        path = Path(cfg.model)
+        if path.exists() and read_checkpoint_config(path).objective == "clip-bt":
+            return ClipJudge.from_pretrained(path), ckpt
+        return ClipJudge.from_config(cfg.clip_size, seed=cfg.seed), ckpt
+    path = resolve_model(cfg.model)
+    base = read_checkpoint_config(path)
+    if base.objective == "clip-bt":
+        raise ConfigError(f"model: {cfg.model} is a CLIP checkpoint; objective {cfg.objective} needs a VLM")
+    if base.adapter_of:
+        raise ConfigError(f"model: {cfg.model} is a LoRA adapter; train from its merged checkpoint")
+    torch.manual_seed(cfg.seed)  # the value head's initial weights
+    judge = Judge.from_pretrained(path, padding_side=base.padding_side)
+    if cfg.objective == "regressive-bt":
+        judge.value_head = torch.nn.Linear(judge.backbone.get_output_embeddings().weight.shape[1], 1)
+        torch.nn.init.zeros_(judge.value_head.bias)
+    if cfg.freeze_vision:
+        for name, p in judge.backbone.named_parameters():
+            if "visual" in name or "vision" in name:
+                p.requires_grad_(False)
+    if cfg.gradient_checkpointing:
+        judge.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.lora:
+        from peft import LoraConfig, get_peft_model
+
+        family = judge.backbone.config.model_type
+        targets = cfg.lora_targets.get(family) or cfg.lora_targets.get("default")
+        if not targets:
+            raise ConfigError(f"lora_targets: no target modules for family {family!r} and no 'default'")
+        judge.model = get_peft_model(judge.model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
+                                                             lora_dropout=cfg.lora_dropout, target_modules=targets))
+        if cfg.lora_save == "adapter":
+            ckpt = ckpt.replace(adapter_of=str(path.resolve()))
+    return judge.train(), ckpt
+
+
+def _trainable_state(judge: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in judge.named_parameters() if v.requires_grad}
+
+
+# ------------------------------------------------------------------ saving and evaluating
+def save_judge(judge: torch.nn.Module, ckpt: CheckpointConfig, path: Path, cfg: TrainConfig,
+               extra: dict[str, Any] | None = None) -> None:
+    """A directory `rd.load` reads: weights (LoRA merged or as adapter), processor, rewarddance.json."""
+    judge.save_pretrained(path, merge_adapter=cfg.lora_save == "merged")
+    answer_ids = {"yes": judge.yes_ids, "no": judge.no_ids} if isinstance(judge, Judge) else {}
+    write_checkpoint_config(path, ckpt.replace(answer_ids=answer_ids, training={
+        "objective": cfg.objective, "data": cfg.data, "model": cfg.model, **(extra or {})}))
+
+
+def evaluate(judge: torch.nn.Module, ckpt: CheckpointConfig, records: list[Any], cfg: TrainConfig) -> dict:
+    """Held-out pair accuracy of the judge as it is now (the facade over the live weights)."""
+    from ..evaluate import pairwise_accuracy, score_records
+
+    was_training = judge.training
+    judge.eval()
+    rm = RewardModel(judge, ckpt)
+    with torch.inference_mode():
+        rows = score_records(rm, records, task=cfg.task, batch_size=cfg.eval_batch_size)
+    judge.train(was_training)
+    return pairwise_accuracy(rows, records)
+
+
+# ------------------------------------------------------------------ the run
+def train(cfg: TrainConfig) -> Path:
+    """Run the recipe; returns `output_dir/final`."""
+    from transformers import get_scheduler
+
+    accelerator = _accelerator(cfg)
+    world, rank = accelerator.num_processes, accelerator.process_index
+    per_micro, rem = divmod(cfg.batch_size, world * cfg.grad_accum)
+    if rem or per_micro == 0:
+        raise ConfigError(f"batch_size: {cfg.batch_size} records must split evenly over {world} rank(s) x "
+                          f"{cfg.grad_accum} micro-batch(es)")
+    out = Path(cfg.output_dir)
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.yaml")
+    records = load_training_records(cfg, accelerator)
+    eval_records = []
+    if cfg.eval_data and cfg.objective != NEXT_TOKEN:
+        from ..data import read_manifest
+
+        eval_records = [r for r in read_manifest(cfg.eval_data) if not isinstance(r, RecordError)][:cfg.eval_max]
+
+    judge, ckpt = build_judge(cfg)
+    params = [p for p in judge.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = get_scheduler(cfg.schedule if cfg.schedule != "constant" else "constant_with_warmup", optimizer,
+                              num_warmup_steps=cfg.warmup_steps, num_training_steps=cfg.max_steps)
+    checkpointer = Checkpointer(out, keep=cfg.keep_checkpoints)
+    step, best, elapsed = 0, -1.0, 0.0
+    latest = checkpointer.latest()
+    if latest is not None:  # resume: weights, optimizer, schedule, RNG; the data position follows from `step`
+        state = Checkpointer.load_state(latest)
+        judge.load_state_dict(state["trainable"], strict=False)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"])
+        step, best, elapsed = state["step"], state["best"], state["elapsed"]
+        _say(accelerator, f"resuming from {latest} (step {step})")
+    module, optimizer = accelerator.prepare(judge, optimizer)
+    log = MetricsLog(out, resume_step=step, tensorboard=cfg.tensorboard) if accelerator.is_main_process else None
+    objective = OBJECTIVES[cfg.objective]
+    kwargs = {"generative-pairwise": {"ties": cfg.ties, "cot_weight": cfg.cot_weight},
+              "generative-pointwise": {"ties": cfg.ties, "ce_weight": cfg.ce_weight},
+              "regressive-bt": {"ties": cfg.ties}, "clip-bt": {"ties": cfg.ties}, "next-token": {}}[cfg.objective]
+
+    def save_checkpoint() -> None:
+        if accelerator.is_main_process:
+            state = {"step": step, "best": best, "elapsed": elapsed, "trainable": _trainable_state(judge),
+                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()}
+            checkpointer.save(step, lambda p: save_judge(judge, ckpt, p, cfg, {"step": step}), state)
+        accelerator.wait_for_everyone()
+
+    from tqdm import tqdm
+
+    bar = tqdm(total=cfg.max_steps, initial=step, desc=f"train {cfg.objective}", unit="step", file=sys.stderr,
+               disable=not (cfg.progress and accelerator.is_main_process))
+    window: dict[str, list[float]] = {}
+    window_records, window_time = 0, 0.0
+    autocast = torch.autocast(accelerator.device.type, dtype=torch.bfloat16) if cfg.bf16 else nullcontext()
+    stop = False
+    while step < cfg.max_steps and not stop:
+        t0 = time.perf_counter()
+        chosen = step_records(step, len(records), cfg.batch_size, cfg.seed)
+        mine = chosen[rank * per_micro * cfg.grad_accum:(rank + 1) * per_micro * cfg.grad_accum]
+        step_metrics: dict[str, list[float]] = {}
+        for m in range(cfg.grad_accum):
+            batch = Batch.join([_example(cfg, records[i]) for i in mine[m * per_micro:(m + 1) * per_micro]])
+            sync = nullcontext() if m == cfg.grad_accum - 1 else accelerator.no_sync(module)
+            with sync:
+                with autocast:
+                    scores = sequence_scores(module, judge, batch.sequences)
+                loss, metrics = objective(scores, batch, **kwargs)
+                accelerator.backward(loss / cfg.grad_accum)
+            for k, v in metrics.items():
+                step_metrics.setdefault(k, []).append(v)
+        if cfg.max_grad_norm > 0:
+            accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        dt = time.perf_counter() - t0
+        elapsed += dt / 60.0
+        # metrics of the global batch: each rank's micro-batch means, averaged over ranks
+        local = torch.tensor([_nanmean(step_metrics[k]) for k in sorted(step_metrics)], device=accelerator.device)
+        glob = accelerator.reduce(local, reduction="mean")
+        for k, v in zip(sorted(step_metrics), glob.tolist()):
+            window.setdefault(k, []).append(v)
+        window_records += cfg.batch_size
+        window_time += dt
+        bar.update(1)
+        if step % cfg.log_steps == 0 or step == cfg.max_steps:
+            row = {"step": step, **{k: _nanmean(v) for k, v in window.items()},
+                   "samples_per_s": window_records / max(window_time, 1e-9), "lr": scheduler.get_last_lr()[0],
+                   "minutes": elapsed}
+            if eval_records and (step % cfg.eval_steps == 0 or step == cfg.max_steps):
+                if accelerator.is_main_process:
+                    result = evaluate(judge, ckpt, eval_records, cfg)
+                    row |= {f"eval_{k}": v for k, v in result.items() if k != "n"}
+                    if result.get("accuracy", -1) > best:
+                        best = result["accuracy"]
+                        atomic_dir(out / "best", lambda p: save_judge(judge, ckpt, p, cfg,
+                                                                      {"step": step, "eval": result}))
+                accelerator.wait_for_everyone()
+            if log is not None:
+                log.log(row)
+                bar.set_postfix(loss=f"{row['loss']:.3f}", acc=f"{row.get('accuracy') or float('nan'):.2f}",
+                                sps=f"{row['samples_per_s']:.1f}")
+            window, window_records, window_time = {}, 0, 0.0
+        if cfg.max_minutes is not None:  # every rank stops at the same step
+            over = torch.tensor([float(elapsed >= cfg.max_minutes)], device=accelerator.device)
+            stop = bool(accelerator.reduce(over, reduction="max").item())
+        if step % cfg.save_steps == 0 and step < cfg.max_steps and not stop:
+            save_checkpoint()
+    bar.close()
+    save_checkpoint()
+    final = out / "final"
+    if accelerator.is_main_process:
+        atomic_dir(final, lambda p: save_judge(judge, ckpt, p, cfg, {"step": step, "minutes": round(elapsed, 2)}))
+        log.close()
+        log.plot()
+        _say(accelerator, f"trained {step} steps in {elapsed:.1f} min -> {final}")
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return final
+
+
+def _nanmean(values: list[float]) -> float:
+    vals = [v for v in values if v is not None and not math.isnan(v)]
+    return sum(vals) / len(vals) if vals else float("nan")
