@@ -32,6 +32,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import rewarddance as rd
+from common import matmul_peak  # noqa: E402  (bench/ is on sys.path)
 from rewarddance.context import build_context, get_task
 from rewarddance.media import load_image
 from rewarddance.models.presets import preset_path
@@ -40,18 +41,6 @@ from rewarddance.world import CATEGORIES, random_spec, render, sample_scene
 BATCH = 16
 N_CANDIDATES = 16
 REPS = 2  # each timing is the best of REPS runs (1 with --quick)
-
-
-def matmul_peak(dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:
-    """FLOP/s of a large square matmul in `dtype` on this machine (best of reps)."""
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    a @ b
-    best = float("inf")
-    for _ in range(reps):
-        t = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - t)
-    return 2 * n ** 3 / best
 
 
 def workload(n_prompts: int, k_refs: int, seed: int = 0):

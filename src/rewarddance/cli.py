@@ -100,6 +100,13 @@ def score_images(rm, args: argparse.Namespace) -> int:
                 return EXIT_ROWS_FAILED
             continue
         rows.append((img, items[0]))
+    if args.explain and rows:  # the judgment, then the reason generated after it
+        width = max(len(str(img)) for img, _ in rows)
+        print(f"{'image':<{width}}  reward  reason")
+        for img, _ in rows:
+            reward, text = rm.explain(args.prompt, img, reference=args.reference, task=args.task)
+            print(f"{str(img):<{width}}  {reward:.4f}  {text}")
+        return EXIT_ROWS_FAILED if failed else EXIT_OK
     with torch.inference_mode():
         rewards = rm.score_items(task_obj, [item for _, item in rows], args.batch_size) if rows else []
     if rows:
@@ -128,6 +135,17 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     _quiet_transformers()
     train(load_config(TrainConfig, args.config, args.overrides))
+    return EXIT_OK
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .recipes.pretrain import PretrainConfig, check_arch_size, pretrain
+
+    _quiet_transformers()
+    cfg = load_config(PretrainConfig, args.config, [f"arch={args.arch}", f"size={args.size}", *args.overrides])
+    check_arch_size(cfg)
+    pretrain(cfg)
     return EXIT_OK
 
 
@@ -161,6 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--input", help="manifest JSONL to score")
     q.add_argument("--output", help="scores JSONL (one row per input row; a re-run resumes)")
     q.add_argument("--strict", action="store_true", help="stop at the first bad row")
+    q.add_argument("--explain", action="store_true",
+                   help="also write each judgment's reason (generated after the judgment token; CoT-trained judges)")
     q.add_argument("--batch-size", type=int, default=16)
     q.add_argument("images", nargs="*")
     q.set_defaults(func=cmd_score)
@@ -174,6 +194,17 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--config", help="YAML file of settings (keys below); key=value arguments override it")
     q.add_argument("overrides", nargs="*", metavar="key=value")
     q.set_defaults(func=cmd_train)
+
+    from .recipes.pretrain import PretrainConfig
+
+    q = sub.add_parser("pretrain", help="pretrain <arch>-<size>-shapeworld (captions, content questions)",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="keys (default, type):\n" + describe(PretrainConfig))
+    q.add_argument("--arch", required=True, choices=ARCHS)
+    q.add_argument("--size", required=True, choices=SIZES)
+    q.add_argument("--config", help="YAML file of settings; key=value arguments override it")
+    q.add_argument("overrides", nargs="*", metavar="key=value")
+    q.set_defaults(func=cmd_pretrain)
 
     q = sub.add_parser("data", help="build datasets")
     dsub = q.add_subparsers(dest="dataset", required=True)

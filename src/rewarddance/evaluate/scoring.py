@@ -106,9 +106,11 @@ def score_records(rm: RewardModel, records: list[Any], *, task: str | None = Non
     return [scored.get(id(r)) or errors[id(r)] for r in records if id(r) in scored or id(r) in errors]
 
 
-def pairwise_accuracy(rows: list[dict[str, Any]], records: list[Any]) -> dict[str, Any]:
+def pairwise_accuracy(rows: list[dict[str, Any]], records: list[Any], by: tuple[str, ...] = ("split",)
+                      ) -> dict[str, Any]:
     """Accuracy of `p_b_better` rows against the records' labels over non-tied pairs (0.5 counts as
-    wrong), overall and per split."""
+    wrong): `accuracy` overall, `accuracy_<value>` per value of each record field in `by`
+    (`accuracy_id`, `accuracy_ood` for splits), and their counts `n`, `n_<value>`."""
     by_key = {r.key: r for r in records if not isinstance(r, RecordError)}
     hits: dict[str, list[bool]] = {}
     for row in rows:
@@ -117,11 +119,13 @@ def pairwise_accuracy(rows: list[dict[str, Any]], records: list[Any]) -> dict[st
             continue
         p = row["p_b_better"]
         ok = (p > 0.5) if rec.label == "b" else (p < 0.5)
-        for name in ("all", str(rec.raw.get("split", "all"))):
-            hits.setdefault(name, []).append(ok)
-    out: dict[str, Any] = {"n": len(hits.get("all", []))}
-    for name, h in hits.items():
-        out["accuracy" if name == "all" else f"accuracy_{name}"] = sum(h) / len(h)
+        hits.setdefault("", []).append(ok)
+        for field in by:
+            if rec.raw.get(field) is not None:
+                hits.setdefault(f"_{rec.raw[field]}", []).append(ok)
+    out: dict[str, Any] = {}
+    for name, h in sorted(hits.items()):
+        out[f"accuracy{name}"], out[f"n{name}"] = sum(h) / len(h), len(h)
     return out
 
 

@@ -38,9 +38,19 @@ def preset_table() -> dict[str, Any]:
 SIZES = tuple(preset_table()["sizes"])
 
 
+PRETRAINED_SUFFIX = "-shapeworld"
+# Pretrained presets shipped inside the package (float16, made by `rewarddance pretrain`).
+PRETRAINED_DIR = Path(__file__).parent / "pretrained"
+
+
+class PresetNotBuiltError(FileNotFoundError):
+    """A pretrained preset that is neither shipped nor in the cache; the message names the command."""
+
+
 def parse_preset_name(name: str) -> tuple[str, str] | None:
-    """'qwen2_5_vl-tiny' -> ('qwen2_5_vl', 'tiny'); None when `name` is not a preset."""
-    arch, _, size = name.rpartition("-")
+    """'qwen2_5_vl-tiny' -> ('qwen2_5_vl', 'tiny'), also for the pretrained 'qwen2_5_vl-tiny-shapeworld';
+    None when `name` is not a preset."""
+    arch, _, size = name.removesuffix(PRETRAINED_SUFFIX).rpartition("-")
     return (arch, size) if arch in ARCHS and size in SIZES else None
 
 
@@ -290,6 +300,15 @@ def preset_path(name: str) -> Path:
     if parsed is None:
         raise ValueError(f"{name!r} is not a preset name (<arch>-<size>, arch in {ARCHS}, size in {SIZES})")
     path = cache_dir() / name
+    if name.endswith(PRETRAINED_SUFFIX):
+        shipped = PRETRAINED_DIR / name
+        for candidate in (shipped, path):
+            if (candidate / "config.json").exists():
+                return candidate
+        arch, size = parsed
+        raise PresetNotBuiltError(f"{name} is not shipped or cached yet: build it with `rewarddance pretrain "
+                                  f"--arch {arch} --size {size}` (or name it as model= in `rewarddance train`, "
+                                  "which builds it)")
     if not (path / "config.json").exists():
         tmp = path.with_name(path.name + f".tmp{os.getpid()}")  # concurrent builders never see half a preset
         build_preset(*parsed, tmp)

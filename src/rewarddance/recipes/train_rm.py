@@ -14,6 +14,7 @@ rewarddance.data.training and rewarddance.models.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import sys
 import time
@@ -146,13 +147,21 @@ def _example(cfg: TrainConfig, rec: Any):
 
 def resolve_model(spec: str) -> Path:
     """A checkpoint directory, or a preset name (built or fetched from the package on first use)."""
-    from ..models.presets import parse_preset_name, preset_path
+    from ..models.presets import PresetNotBuiltError, parse_preset_name, preset_path
 
     path = Path(spec)
     if path.exists():
         return path
     if parse_preset_name(spec) is not None:
-        return preset_path(spec)
+        try:
+            return preset_path(spec)
+        except PresetNotBuiltError:  # a pretrained preset neither shipped nor cached: pretrain it now
+            from .pretrain import PretrainConfig, pretrain
+
+            arch, size = parse_preset_name(spec)
+            print(f"{spec} is not cached: pretraining it first (rewarddance pretrain --arch {arch} "
+                  f"--size {size})", file=sys.stderr)
+            return pretrain(PretrainConfig(arch=arch, size=size))
     raise ConfigError(f"model: {spec!r} is neither a directory nor a preset name")
 
 
@@ -315,14 +324,18 @@ def train(cfg: TrainConfig) -> Path:
         window_records += cfg.batch_size
         window_time += dt
         bar.update(1)
-        if step % cfg.log_steps == 0 or step == cfg.max_steps:
+        if cfg.max_minutes is not None:  # every rank stops at the same step
+            over = torch.tensor([float(elapsed >= cfg.max_minutes)], device=accelerator.device)
+            stop = bool(accelerator.reduce(over, reduction="max").item())
+        last = stop or step == cfg.max_steps
+        if step % cfg.log_steps == 0 or last:
             row = {"step": step, **{k: _nanmean(v) for k, v in window.items()},
                    "samples_per_s": window_records / max(window_time, 1e-9), "lr": scheduler.get_last_lr()[0],
                    "minutes": elapsed}
-            if eval_records and (step % cfg.eval_steps == 0 or step == cfg.max_steps):
+            if eval_records and (step % cfg.eval_steps == 0 or last):
                 if accelerator.is_main_process:
                     result = evaluate(judge, ckpt, eval_records, cfg)
-                    row |= {f"eval_{k}": v for k, v in result.items() if k != "n"}
+                    row |= {f"eval_{k}": v for k, v in result.items() if k.startswith("accuracy")}
                     if result.get("accuracy", -1) > best:
                         best = result["accuracy"]
                         atomic_dir(out / "best", lambda p: save_judge(judge, ckpt, p, cfg,
@@ -333,16 +346,23 @@ def train(cfg: TrainConfig) -> Path:
                 bar.set_postfix(loss=f"{row['loss']:.3f}", acc=f"{row.get('accuracy') or float('nan'):.2f}",
                                 sps=f"{row['samples_per_s']:.1f}")
             window, window_records, window_time = {}, 0, 0.0
-        if cfg.max_minutes is not None:  # every rank stops at the same step
-            over = torch.tensor([float(elapsed >= cfg.max_minutes)], device=accelerator.device)
-            stop = bool(accelerator.reduce(over, reduction="max").item())
-        if step % cfg.save_steps == 0 and step < cfg.max_steps and not stop:
+        if step % cfg.save_steps == 0 and not last:
             save_checkpoint()
     bar.close()
     save_checkpoint()
     final = out / "final"
+    # every rank's weights, fingerprinted: data-parallel training that silently ran apart shows here
+    from accelerate.utils import gather_object
+
+    digest = hashlib.sha1(b"".join(p.detach().float().cpu().numpy().tobytes() for p in judge.parameters()))
+    checksums = gather_object([digest.hexdigest()])
     if accelerator.is_main_process:
-        atomic_dir(final, lambda p: save_judge(judge, ckpt, p, cfg, {"step": step, "minutes": round(elapsed, 2)}))
+        info = {"step": step, "minutes": round(elapsed, 2), "num_processes": world,
+                "rank_weight_checksums": checksums}
+        atomic_dir(final, lambda p: save_judge(judge, ckpt, p, cfg, info))
+        if len(set(checksums)) > 1:
+            print("warning: the ranks' weights differ after training (data-parallel was not synchronised)",
+                  file=sys.stderr)
         log.close()
         log.plot()
         _say(accelerator, f"trained {step} steps in {elapsed:.1f} min -> {final}")

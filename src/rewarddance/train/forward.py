@@ -59,18 +59,14 @@ def _judgment_offset(tok, target: str | None, suffix: str, judgment: str) -> int
     return len(tok.encode(suffix[:idx], add_special_tokens=False))
 
 
-def sequence_scores(module: torch.nn.Module, judge: Judge | ClipJudge, seqs: Seq[Sequence]) -> Scores:
-    """Reward logits (and target-text NLLs) of `seqs`, differentiable, from one forward of `module`."""
-    if isinstance(judge, ClipJudge):
-        logit = module(judge.encode([s.context for s in seqs]))
-        logit = logit[:, 0] - logit[:, 1]
-        zeros = torch.zeros_like(logit)
-        return Scores(logit, zeros, zeros.bool())
+def encode_targets(judge: Judge, seqs: Seq[Sequence]) -> tuple[dict, torch.Tensor, tuple | None, list[int]]:
+    """(inputs, answer positions, target-token positions (rows, cols) or None, the sequence of each
+    target position): sequences continue with their target texts; right padding."""
     tok = judge.processor.tokenizer
     texts, suffixes = _target_texts(judge, seqs)
     inputs = judge.encode([s.context for s in seqs], texts=texts, padding_side="right")
     ids, lengths = inputs["input_ids"], inputs["attention_mask"].sum(1).tolist()
-    answer_pos, lm_rows, lm_cols, owner = [], [], [], []
+    answer_pos, lm_rows, lm_cols = [], [], []
     for row, (s, suffix, length) in enumerate(zip(seqs, suffixes, lengths)):
         n_suffix = len(tok.encode(suffix, add_special_tokens=False)) if suffix else 0
         start = length - n_suffix  # first target token
@@ -86,18 +82,44 @@ def sequence_scores(module: torch.nn.Module, judge: Judge | ClipJudge, seqs: Seq
             if t != judged_at:
                 lm_rows.append(row)
                 lm_cols.append(t)
-                owner.append(row)
     positions = torch.tensor(answer_pos, device=ids.device)
     lm = (torch.tensor(lm_rows, device=ids.device), torch.tensor(lm_cols, device=ids.device)) if lm_rows else None
+    return inputs, positions, lm, lm_rows
+
+
+def sequence_scores(module: torch.nn.Module, judge: Judge | ClipJudge, seqs: Seq[Sequence]) -> Scores:
+    """Reward logits (and target-text NLLs) of `seqs`, differentiable, from one forward of `module`."""
+    if isinstance(judge, ClipJudge):
+        logit = module(judge.encode([s.context for s in seqs]))
+        logit = logit[:, 0] - logit[:, 1]
+        zeros = torch.zeros_like(logit)
+        return Scores(logit, zeros, zeros.bool())
+    inputs, positions, lm, owner = encode_targets(judge, seqs)
     scores, lm_logits = module(inputs, answer_positions=positions, lm_positions=lm)
     logit = scores[:, 0] - scores[:, 1]
     n = len(seqs)
     nll = torch.zeros(n, device=logit.device)
     mask = torch.zeros(n, dtype=torch.bool, device=logit.device)
     if lm is not None:
+        ids = inputs["input_ids"]
         token_nll = F.cross_entropy(lm_logits.float(), ids[lm[0], lm[1] + 1], reduction="none")
         rows = torch.tensor(owner, device=logit.device)
         counts = torch.zeros(n, device=logit.device).index_add_(0, rows, torch.ones_like(token_nll))
         nll = torch.zeros(n, device=logit.device).index_add(0, rows, token_nll) / counts.clamp(min=1)
         mask = counts > 0
     return Scores(logit, nll, mask)
+
+
+@torch.no_grad()
+def target_exact_match(judge: Judge, seqs: Seq[Sequence]) -> list[bool]:
+    """Whether greedy decoding reproduces each sequence's whole target (every target token is the argmax
+    given the ones before it, which is what greedy generation would write)."""
+    inputs, positions, lm, owner = encode_targets(judge, seqs)
+    if lm is None:
+        return [True] * len(seqs)
+    _, lm_logits = judge(inputs, answer_positions=positions, lm_positions=lm)
+    right = lm_logits.argmax(-1) == inputs["input_ids"][lm[0], lm[1] + 1]
+    ok = [True] * len(seqs)
+    for row, r in zip(owner, right.tolist()):
+        ok[row] = ok[row] and r
+    return ok

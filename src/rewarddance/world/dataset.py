@@ -67,13 +67,13 @@ def _ood_spec(rng: np.random.Generator) -> tuple[Spec, Style]:
 
 
 def make_sample(rng: np.random.Generator, spec: Spec, style: Style, size: int, *, positive: bool,
-                defect_prob: float = 0.5) -> Sample:
-    """An image for `spec`: satisfying it (positive) or broken by a content defect; maybe degraded."""
+                defect_prob: float = 0.5, content_defects: tuple[str, ...] = CONTENT_DEFECTS) -> Sample:
+    """An image for `spec`: satisfying it (positive) or broken by one of `content_defects`; maybe degraded."""
     backgrounds = OOD_BACKGROUNDS if style.outlined else ID_BACKGROUNDS
     scene = sample_scene(rng, spec, background=backgrounds[int(rng.integers(len(backgrounds)))],
                          rotation=style.max_rotation)
     if not positive:
-        for kind in rng.permutation(CONTENT_DEFECTS):
+        for kind in rng.permutation(content_defects):
             broken = apply_content_defect(rng, scene, spec, str(kind))
             if broken is not None:
                 scene = broken
@@ -223,6 +223,30 @@ def build_world(out: str | Path, n: int = 2000, *, seed: int = 0, size: int = 64
     return counts
 
 
+def build_defect_pairs(out: str | Path, n: int, defect: str, *, seed: int = 0, size: int = 64,
+                       name: str = "pairs.jsonl") -> Path:
+    """`n` clean pairs that differ by ONE content defect: an image that follows the prompt against one
+    broken by `defect` (e.g. "missing_object"), in random order, no quality defects. For learning
+    checks on one fault at a time."""
+    out = Path(out)
+    w = _Writer(out)
+    rng = np.random.default_rng(seed)
+    rows = []
+    while len(rows) < n:
+        spec = _id_spec(rng)
+        good = make_sample(rng, spec, Style(), size, positive=True, defect_prob=0.0)
+        bad = make_sample(rng, spec, Style(), size, positive=False, defect_prob=0.0, content_defects=(defect,))
+        if bad.result.score >= good.result.score:
+            continue  # the defect could not apply to this scene
+        a, b = (good, bad) if rng.random() < 0.5 else (bad, good)
+        rid = f"{Path(name).stem}-{len(rows):06d}"
+        rows.append({"id": rid, "task": "t2i-overall", "prompt": spec.prompt(), "image_a": w.save(a.image, f"{rid}_a"),
+                     "image_b": w.save(b.image, f"{rid}_b"), "label": "a" if a is good else "b",
+                     "category": defect, "split": "id"})
+    _write_jsonl(out / name, rows)
+    return out / name
+
+
 def _pretrain(rng: np.random.Generator, w: _Writer, size: int, per_combo: int = 4) -> list[dict]:
     """Captions and content questions (no judgments, in-domain style only) for every colour×shape."""
     rows = []
@@ -239,6 +263,56 @@ def _pretrain(rng: np.random.Generator, w: _Writer, size: int, per_combo: int = 
         rows.append({"id": rid, "image": w.save(render(scene, size), rid), "caption": spec.prompt(),
                      "qa": _content_qa(rng, scene, spec), "category": spec.category})
     return rows
+
+
+def build_pretrain(out: str | Path, n: int, *, seed: int = 0, size: int = 64, n_test: int = 300,
+                   progress: bool = True) -> dict[str, int]:
+    """Pretraining data for the `-shapeworld` presets: captions and content questions over scenes of every
+    colour x shape combination (held-out ones included, as broad VLM pretraining would see them), in
+    varied backgrounds, shades, outlines and rotations. Writes pretrain-train.jsonl (n rows) and
+    pretrain-test.jsonl (n_test rows of other scenes)."""
+    out = Path(out)
+    w = _Writer(out)
+    rng = np.random.default_rng(seed)
+    combos = [(c, s) for c in COLOURS for s in SHAPES]
+    counts = {}
+    bar = tqdm(total=n + n_test, desc="pretrain data", unit="row", disable=not progress)
+    for name, total in (("pretrain-train.jsonl", n), ("pretrain-test.jsonl", n_test)):
+        rows = []
+        for k in range(total):
+            if k % 3 == 0:  # one object of each combination in turn
+                c, s = combos[(k // 3) % len(combos)]
+                spec = Spec((Phrase(int(rng.choice([1, 1, 2, 3, 4])), s, c),), None, "counting")
+            else:
+                spec = random_spec(rng, CATEGORIES[int(rng.integers(len(CATEGORIES)))])
+            if rng.random() < 0.5:
+                background = ID_BACKGROUNDS[int(rng.integers(len(ID_BACKGROUNDS)))]
+            else:
+                background = tuple(int(v) for v in rng.integers(0, 256, 3))
+                if max(abs(int(a) - int(b)) for a, b in zip(background, background[1:] + background[:1])) > 60:
+                    background = OOD_BACKGROUNDS[int(rng.integers(len(OOD_BACKGROUNDS)))]  # keep it colourless
+            style = Style(outlined=rng.random() < 0.25, max_rotation=20.0 if rng.random() < 0.3 else 0.0,
+                          shade_jitter=0.15)
+            scene = sample_scene(rng, spec, background=background, rotation=style.max_rotation)
+            rid = f"{name.split('.')[0]}-{k:06d}"
+            rows.append({"id": rid, "image": w.save(render(scene, size, style, rng), rid), "caption": spec.prompt(),
+                         "qa": _content_qa(rng, scene, spec) + _yes_no_qa(rng, scene), "category": spec.category})
+            bar.update()
+        _write_jsonl(out / name, rows)
+        counts[name] = len(rows)
+    bar.close()
+    return counts
+
+
+def _yes_no_qa(rng: np.random.Generator, scene: Scene) -> list[dict[str, str]]:
+    """'Is there a red circle in the image?' once with a present object, once with an absent combination."""
+    present = {(o.colour, o.shape) for o in scene.objects}
+    o = scene.objects[int(rng.integers(len(scene.objects)))]
+    absent = [(c, s) for c in COLOURS for s in SHAPES if (c, s) not in present]
+    c, s = absent[int(rng.integers(len(absent)))]
+    qa = [{"question": f"Is there a {o.colour} {o.shape} in the image?", "answer": "yes"},
+          {"question": f"Is there a {c} {s} in the image?", "answer": "no"}]
+    return [qa[i] for i in rng.permutation(2)]
 
 
 def _content_qa(rng: np.random.Generator, scene: Scene, spec: Spec) -> list[dict[str, str]]:

@@ -30,6 +30,7 @@ class Style:
 
     outlined: bool = False  # filled shape with a dark border of its own hue
     max_rotation: float = 0.0  # degrees; polygons are rotated by up to this much
+    shade_jitter: float = 0.0  # each object's colour scaled by up to +-this (other shades of the same hue)
 
     @staticmethod
     def ood() -> "Style":
@@ -89,13 +90,17 @@ def draw_object(draw: ImageDraw.ImageDraw, o: Obj, w: int, h: int, background: t
         draw.polygon(pts, fill=background, outline=border, width=width)
 
 
-def render(scene: Scene, size: int = 64, style: Style = Style()) -> Image.Image:
-    """Render `scene` to an RGB image of size×size (32 to 256 px)."""
+def render(scene: Scene, size: int = 64, style: Style = Style(), rng=None) -> Image.Image:
+    """Render `scene` to an RGB image of size×size (32 to 256 px); `rng` draws the shade jitter."""
     if not 8 <= size <= 1024:
         raise ValueError(f"render size must be between 8 and 1024 px, got {size}")
     big = size * SUPERSAMPLE
     img = Image.new("RGB", (big, big), scene.background)
     draw = ImageDraw.Draw(img)
     for o in scene.objects:
-        draw_object(draw, o, big, big, scene.background, outlined=style.outlined)
+        colour = None
+        if style.shade_jitter and rng is not None:
+            k = 1.0 + float(rng.uniform(-style.shade_jitter, style.shade_jitter))
+            colour = tuple(int(min(255, max(0, c * k))) for c in COLOURS[o.colour][0])
+        draw_object(draw, o, big, big, scene.background, colour=colour, outlined=style.outlined)
     return img.resize((size, size), Image.Resampling.BOX)
