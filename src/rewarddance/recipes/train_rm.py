@@ -37,7 +37,7 @@ from ..train.engine import Checkpointer, MetricsLog, atomic_dir, rng_state, set_
 from ..train.forward import sequence_scores
 from ..train.objectives import OBJECTIVES
 
-DEFAULT_MODEL = "qwen2_5_vl-small-shapeworld"
+DEFAULT_MODEL = "qwen2_5_vl-tiny-shapeworld"  # the committed pretrained preset (small: not yet committed)
 LORA_TARGETS = {"default": ["q_proj", "k_proj", "v_proj", "o_proj"]}
 
 

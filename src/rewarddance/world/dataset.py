@@ -310,8 +310,11 @@ def _yes_no_qa(rng: np.random.Generator, scene: Scene) -> list[dict[str, str]]:
     o = scene.objects[int(rng.integers(len(scene.objects)))]
     absent = [(c, s) for c in COLOURS for s in SHAPES if (c, s) not in present]
     c, s = absent[int(rng.integers(len(absent)))]
-    qa = [{"question": f"Is there a {o.colour} {o.shape} in the image?", "answer": "yes"},
-          {"question": f"Is there a {c} {s} in the image?", "answer": "no"}]
+    def article(word: str) -> str:
+        return "an" if word[0] in "aeiou" else "a"
+
+    qa = [{"question": f"Is there {article(o.colour)} {o.colour} {o.shape} in the image?", "answer": "yes"},
+          {"question": f"Is there {article(c)} {c} {s} in the image?", "answer": "no"}]
     return [qa[i] for i in rng.permutation(2)]
 
 
