@@ -78,7 +78,7 @@ def test_each_objective_learns_a_fixed_batch_and_loads(objective, fixed_pairs, t
     assert 0 < rm.score(rec.prompt, [b], references=refs)[0] < 1
     assert sorted(rm.rank(rec.prompt, [a, b])) == [0, 1]
     if objective == "regressive-bt":  # sigma(v) and the raw value v agree
-        img = torch.from_numpy(np.asarray(__import__("PIL.Image").Image.open(b).convert("RGB"))).permute(2, 0, 1)
+        img = torch.from_numpy(np.array(__import__("PIL.Image").Image.open(b).convert("RGB"))).permute(2, 0, 1)
         x = (img.float() / 255)[None]
         v = rm.reward_fn(raw=True)(x, rec.prompt)
         assert torch.allclose(torch.sigmoid(v), rm.reward_fn()(x, rec.prompt), atol=1e-6)
@@ -163,7 +163,7 @@ def test_bad_rows_are_reported_and_skipped(world, tmp_path):
     assert f"{data}:2: malformed JSON" in skipped[0]
     assert f"{data}:3" in skipped[1] and "file not found" in skipped[1]
     assert f"{data}:4" in skipped[2] and "label 'c'" in skipped[2]
-    assert "3 bad row(s) skipped, 6 used" in r.stderr
+    assert "3 bad row(s) skipped, 7 used" in r.stderr
     strict = subprocess.run([ENTRY, "train", f"model={TINY}", f"data={data}", "strict=true",
                              f"output_dir={tmp_path / 'strict'}", "max_steps=2", "progress=false"],
                             capture_output=True, text=True, timeout=300)

@@ -88,6 +88,8 @@ class RewardModel:
         path = Path(path)
         self.judge.save_pretrained(path, merge_adapter=merge_adapter)
         config = self.config
+        if merge_adapter:  # full weights now: no base model to apply an adapter to
+            config = config.replace(adapter_of=None)
         if isinstance(self.judge, Judge):
             config = config.replace(answer_ids={"yes": self.judge.yes_ids, "no": self.judge.no_ids})
         write_checkpoint_config(path, config)
