@@ -84,23 +84,31 @@ def validate_record(rec: Any, *, base: str | Path, line: int, source: str = "man
     return Record(key, line, kind, prompt.strip(), media, video, label, task, rec)
 
 
-def read_manifest(path: str | Path) -> Iterator[Record | RecordError]:
-    """Yield each row of a JSONL manifest as a Record, or a RecordError for a bad row (never raises)."""
+def read_jsonl(path: str | Path) -> Iterator[tuple[int, Any] | RecordError]:
+    """(line number, parsed value) for each non-blank line of a JSONL file, or a RecordError naming
+    the line for one that is not valid JSON (never raises on content)."""
     path = Path(path)
     with path.open() as f:
         for line_no, text in enumerate(f, start=1):
             if not text.strip():
                 continue
-            key = f"line {line_no}"
             try:
-                rec = json.loads(text)
+                yield line_no, json.loads(text)
             except json.JSONDecodeError as e:
                 yield RecordError(f"{path}:{line_no}: malformed JSON ({e.msg} at column {e.colno})",
-                                  key=key, line=line_no)
-                continue
-            try:
-                yield validate_record(rec, base=path.parent, line=line_no, source=str(path))
-            except RecordError as e:
-                if isinstance(rec, dict) and "id" in rec:
-                    key = str(rec["id"])
-                yield RecordError(str(e), key=key, line=line_no)
+                                  key=f"line {line_no}", line=line_no)
+
+
+def read_manifest(path: str | Path) -> Iterator[Record | RecordError]:
+    """Yield each row of a JSONL manifest as a Record, or a RecordError for a bad row (never raises)."""
+    path = Path(path)
+    for item in read_jsonl(path):
+        if isinstance(item, RecordError):
+            yield item
+            continue
+        line_no, rec = item
+        try:
+            yield validate_record(rec, base=path.parent, line=line_no, source=str(path))
+        except RecordError as e:
+            key = str(rec["id"]) if isinstance(rec, dict) and "id" in rec else f"line {line_no}"
+            yield RecordError(str(e), key=key, line=line_no)

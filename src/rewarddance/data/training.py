@@ -20,7 +20,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,11 +29,15 @@ import torch
 
 from ..context import Context, build_context, format_target, get_task
 from ..media import load_image, load_media
-from .records import Record, RecordError, read_manifest
+from .records import Record, RecordError, read_jsonl, read_manifest
 
 PAIRWISE, POINTWISE_OBJECTIVES = "generative-pairwise", ("generative-pointwise", "regressive-bt", "clip-bt")
 NEXT_TOKEN = "next-token"
 _IMAGE_AB = re.compile(r"\b([Ii]mage|[Vv]ideo) ([AB])\b")
+
+
+class ExampleError(ValueError):
+    """A row that cannot train this objective (wrong media kind, no label, missing condition image...)."""
 
 
 def map_rationale(text: str, *, image1: str) -> str:
@@ -87,17 +90,20 @@ def _p_second_better(label: str) -> float:
 def make_example(rec: Record, objective: str, *, task: str, cot: bool = True, cot_order: str = "judgment-first",
                  num_frames: int = 4) -> Example:
     """The sequences and pairs record `rec` contributes under `objective` (loads its media)."""
-    task_obj = get_task(rec.task or task)
+    try:
+        task_obj = get_task(rec.task or task)
+    except ValueError as e:  # get_task's only error: an unknown task name in this row
+        raise ExampleError(f"row {rec.key}: {e}") from None
     if task_obj.is_video != rec.video:
-        raise ValueError(f"row {rec.key}: task {task_obj.name!r} is for {task_obj.media}s but the row has "
+        raise ExampleError(f"row {rec.key}: task {task_obj.name!r} is for {task_obj.media}s but the row has "
                          f"{'videos' if rec.video else 'images'}")
     if task_obj.needs_condition and rec.media.get("condition") is None:
-        raise ValueError(f"row {rec.key}: task {task_obj.name!r} needs a 'condition_image'")
+        raise ExampleError(f"row {rec.key}: task {task_obj.name!r} needs a 'condition_image'")
     media = {k: (load_image(v) if k == "condition" else load_media(v, video=rec.video, num_frames=num_frames))
              for k, v in rec.media.items() if v is not None}
     cond = media.get("condition")
     if rec.label is None:
-        raise ValueError(f"row {rec.key}: no 'label' to train on")
+        raise ExampleError(f"row {rec.key}: no 'label' to train on")
     if rec.kind == "pairwise":
         p_b = _p_second_better(rec.label)
         rationale = rec.raw.get("rationale") if cot else None
@@ -121,7 +127,7 @@ def make_example(rec: Record, objective: str, *, task: str, cot: bool = True, co
     elif objective in POINTWISE_OBJECTIVES:
         ctx = build_context(task_obj, "pointwise", rec.prompt, media["candidate"], condition=cond)
         return Example([Sequence(ctx, None, rec.label, 1.0 if rec.label == "yes" else 0.0)])
-    raise ValueError(f"row {rec.key}: a {rec.kind} row cannot train a {objective} judge"
+    raise ExampleError(f"row {rec.key}: a {rec.kind} row cannot train a {objective} judge"
                      + (" (it needs pairs: image_a, image_b, label)" if objective == PAIRWISE else ""))
 
 
@@ -141,30 +147,22 @@ def read_pretrain(path: str | Path) -> Iterator[PretrainRow | RecordError]:
     """Rows of a ShapeWorld pretrain.jsonl ({"image", "caption", "qa": [{question, answer}]}), or a
     RecordError naming the line for each bad one."""
     path = Path(path)
-    with path.open() as f:
-        for line_no, text in enumerate(f, start=1):
-            if not text.strip():
-                continue
-            where = f"{path}:{line_no}"
-            try:
-                row = json.loads(text)
-            except json.JSONDecodeError as e:
-                yield RecordError(f"{where}: malformed JSON ({e.msg} at column {e.colno})", line=line_no,
-                                  key=f"line {line_no}")
-                continue
-            if not isinstance(row, dict) or not isinstance(row.get("image"), str) or not row.get("caption"):
-                yield RecordError(f"{where}: a pretrain row needs 'image' and 'caption'", line=line_no,
-                                  key=f"line {line_no}")
-                continue
-            qa = row.get("qa") or []
-            if not all(isinstance(q, dict) and q.get("question") and q.get("answer") for q in qa):
-                yield RecordError(f"{where}: every 'qa' item needs 'question' and 'answer'", line=line_no,
-                                  key=f"line {line_no}")
-                continue
-            image = Path(row["image"])
-            yield PretrainRow(str(row.get("id", f"line {line_no}")), line_no,
-                              image if image.is_absolute() else path.parent / image,
-                              [(CAPTION_QUESTION, row["caption"])] + [(q["question"], q["answer"]) for q in qa])
+    for item in read_jsonl(path):
+        if isinstance(item, RecordError):
+            yield item
+            continue
+        line_no, row = item
+        where, key = f"{path}:{line_no}", f"line {line_no}"
+        if not isinstance(row, dict) or not isinstance(row.get("image"), str) or not row.get("caption"):
+            yield RecordError(f"{where}: a pretrain row needs 'image' and 'caption'", line=line_no, key=key)
+            continue
+        qa = row.get("qa") or []
+        if not all(isinstance(q, dict) and q.get("question") and q.get("answer") for q in qa):
+            yield RecordError(f"{where}: every 'qa' item needs 'question' and 'answer'", line=line_no, key=key)
+            continue
+        image = Path(row["image"])
+        yield PretrainRow(str(row.get("id", key)), line_no, image if image.is_absolute() else path.parent / image,
+                          [(CAPTION_QUESTION, row["caption"])] + [(q["question"], q["answer"]) for q in qa])
 
 
 def question_context(question: str, image: torch.Tensor) -> Context:

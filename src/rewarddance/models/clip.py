@@ -24,14 +24,14 @@ import transformers as T
 from torch import nn
 
 from ..context import Context
-from .judge import weights_state
+from .judge import JudgeModule
 from .presets import preset_table
 from .tokenizer import build_tokenizer
 
 _SPECIAL = ["<|endoftext|>", "<|startoftext|>"]
 
 
-class ClipJudge(nn.Module):
+class ClipJudge(JudgeModule):
     """CLIPModel + CLIPProcessor -> (s, 0) scores with s = logit_scale * cos(prompt, candidate)."""
 
     normalize = "yes_no"  # sigma of the score difference, like the generative judge's default
@@ -71,17 +71,6 @@ class ClipJudge(nn.Module):
     @property
     def backbone(self) -> nn.Module:
         return self.model
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.parameters()).dtype
-
-    def state(self) -> tuple:
-        return weights_state(self)
 
     def encode(self, contexts: Sequence[Context]) -> dict[str, torch.Tensor]:
         """Tokenised prompts (with the end token CLIP pools at) and processed candidate images."""

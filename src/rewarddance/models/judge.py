@@ -93,7 +93,23 @@ def weights_state(module: nn.Module) -> tuple:
     return (first.dtype, first.device, tuple((id(p), p._version) for p in params))
 
 
-class Judge(nn.Module):
+class JudgeModule(nn.Module):
+    """What every judge module shares: its device, dtype and weights state (caches key on it)."""
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+    def state(self) -> tuple:
+        """Changes whenever the weights, dtype or device change."""
+        return weights_state(self)
+
+
+class Judge(JudgeModule):
     """Backbone + processor -> B×2 (yes, no) log-scores at the answer position; P(yes) from them.
 
     `normalize`: "yes_no" (softmax over the answer tokens) or "vocab" (full-vocabulary softmax).
@@ -164,18 +180,6 @@ class Judge(nn.Module):
     def backbone(self) -> nn.Module:
         """The Hugging Face *ForConditionalGeneration model, through peft / DDP / compile wrappers."""
         return unwrap(self.model)
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.parameters()).dtype
-
-    def state(self) -> tuple:
-        """Changes whenever the weights, dtype or device change (caches key on it)."""
-        return weights_state(self)
 
     # ------------------------------------------------------------------ core
     def encode(self, contexts: Sequence[Context], *, add_generation_prompt: bool = True,
