@@ -179,3 +179,19 @@ def test_video_and_image_to_video_scoring(load_rm, tmp_path):
     x = frames[None].clone().requires_grad_(True)
     rm.reward_fn("t2v-overall")(x, "a red circle moving up").sum().backward()
     assert x.grad.abs().sum() > 0
+
+
+def test_pretrained_preset_lookup(tmp_path, monkeypatch):
+    """-shapeworld presets: the user's cache first, then the shipped copy; otherwise a clear error naming
+    the command that builds it."""
+    from rewarddance.models.presets import PRETRAINED_DIR, PresetNotBuiltError, preset_path
+
+    name = "qwen2_5_vl-tiny-shapeworld"
+    monkeypatch.setenv("REWARDDANCE_CACHE", str(tmp_path))
+    assert preset_path(name) == PRETRAINED_DIR / name and (PRETRAINED_DIR / name / "config.json").exists()
+    own = tmp_path / "presets" / name
+    own.mkdir(parents=True)
+    (own / "config.json").write_text("{}")
+    assert preset_path(name) == own
+    with pytest.raises(PresetNotBuiltError, match="rewarddance pretrain --arch llava --size tiny"):
+        preset_path("llava-tiny-shapeworld")

@@ -107,6 +107,8 @@ def make_example(rec: Record, objective: str, *, task: str, cot: bool = True, co
     if rec.kind == "pairwise":
         p_b = _p_second_better(rec.label)
         rationale = rec.raw.get("rationale") if cot else None
+        if rationale is not None and not isinstance(rationale, str):
+            raise ExampleError(f"row {rec.key}: 'rationale' must be a string, got {type(rationale).__name__}")
         if objective == PAIRWISE:
             seqs = []
             for ref, cand, p_yes in (("a", "b", p_b), ("b", "a", 1.0 - p_b)):

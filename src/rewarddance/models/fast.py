@@ -167,7 +167,7 @@ class PrefixScorer:
 
         The text before the first image is run once for the prompt, each reference extends it once,
         and each batch of candidates runs only its own image tokens and the turn's closing tokens.
-        Raises ValueError when the images do not share one token layout (the caller falls back).
+        Raises ValueError when the images do not share one token layout (the caller groups by size first).
         """
         judge = self.judge
         self.features.bind(judge.state())

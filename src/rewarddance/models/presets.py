@@ -295,14 +295,15 @@ def init_model(arch: str, size: str, out: str | os.PathLike, *, layout: str = "p
 
 
 def preset_path(name: str) -> Path:
-    """The cached directory of preset `name`, built on first use."""
+    """The directory of preset `name`: random presets are built into the cache on first use; pretrained
+    (-shapeworld) ones come from the cache (the user's own `rewarddance pretrain`) or the package."""
     parsed = parse_preset_name(name)
     if parsed is None:
         raise ValueError(f"{name!r} is not a preset name (<arch>-<size>, arch in {ARCHS}, size in {SIZES})")
     path = cache_dir() / name
     if name.endswith(PRETRAINED_SUFFIX):
         shipped = PRETRAINED_DIR / name
-        for candidate in (shipped, path):
+        for candidate in (path, shipped):  # the user's own `rewarddance pretrain` output wins
             if (candidate / "config.json").exists():
                 return candidate
         arch, size = parsed

@@ -36,7 +36,7 @@ from ..models.judge import Judge
 from ..models.reward_model import RewardModel
 from ..train.engine import Checkpointer, MetricsLog, atomic_dir, rng_state, set_rng_state, step_records
 from ..train.forward import sequence_scores
-from ..train.objectives import OBJECTIVES
+from ..train.objectives import OBJECTIVES, term_counts
 
 DEFAULT_MODEL = "qwen2_5_vl-tiny-shapeworld"  # the committed pretrained preset (small: not yet committed)
 LORA_TARGETS = {"default": ["q_proj", "k_proj", "v_proj", "o_proj"]}
@@ -57,7 +57,7 @@ class TrainConfig:
     max_minutes: float | None = None  # stop cleanly (and save final/) after this much training time
     batch_size: int = 16  # records per optimizer update, over all ranks and micro-batches
     grad_accum: int = 1  # micro-batches per update on each rank
-    lr: float = 1e-3  # measured on the tiny preset: 2e-4 reached 54% held-out after 400 steps, see docs/training.md
+    lr: float = 1e-3  # the tiny preset's pretraining rate; 2e-4 and 1e-3 judged alike so far (docs/training.md)
     weight_decay: float = 0.01
     schedule: Literal["cosine", "linear", "constant"] = "cosine"
     warmup_steps: int = 20
@@ -80,7 +80,7 @@ class TrainConfig:
     bf16: bool = False  # bf16 autocast (where the device supports it)
     clip_size: str = "small"  # clip-bt from scratch: the size of the CLIP built when `model` is no CLIP checkpoint
     save_steps: int = 200  # checkpoint every N updates (and at the end)
-    keep_checkpoints: int = 2
+    keep_checkpoints: int = 2  # at least 1
     log_steps: int = 10  # a metrics.jsonl row every N updates
     eval_steps: int = 100
     eval_max: int = 400  # held-out records evaluated each time
@@ -146,7 +146,7 @@ def _example(cfg: TrainConfig, rec: Any):
                         num_frames=cfg.num_frames)
 
 
-def resolve_model(spec: str) -> Path:
+def resolve_model(spec: str, num_processes: int = 1) -> Path:
     """A checkpoint directory, or a preset name (built or fetched from the package on first use)."""
     from ..models.presets import PresetNotBuiltError, parse_preset_name, preset_path
 
@@ -156,7 +156,9 @@ def resolve_model(spec: str) -> Path:
     if parse_preset_name(spec) is not None:
         try:
             return preset_path(spec)
-        except PresetNotBuiltError:  # a pretrained preset neither shipped nor cached: pretrain it now
+        except PresetNotBuiltError as e:  # a pretrained preset neither shipped nor cached: pretrain it now
+            if num_processes > 1:  # not inside a data-parallel launch: every rank would build it at once
+                raise ConfigError(f"model: {e}") from None
             from .pretrain import PretrainConfig, pretrain
 
             arch, size = parse_preset_name(spec)
@@ -166,7 +168,7 @@ def resolve_model(spec: str) -> Path:
     raise ConfigError(f"model: {spec!r} is neither a directory nor a preset name")
 
 
-def build_judge(cfg: TrainConfig) -> tuple[torch.nn.Module, CheckpointConfig]:
+def build_judge(cfg: TrainConfig, num_processes: int = 1) -> tuple[torch.nn.Module, CheckpointConfig]:
     """The judge to train and the checkpoint config its saves will carry."""
     layout = "pairwise" if cfg.objective == "generative-pairwise" else "pointwise"
     ckpt = CheckpointConfig(objective=cfg.objective if cfg.objective != NEXT_TOKEN else "generative-pointwise",
@@ -176,7 +178,7 @@ def build_judge(cfg: TrainConfig) -> tuple[torch.nn.Module, CheckpointConfig]:
         if path.exists() and read_checkpoint_config(path).objective == "clip-bt":
             return ClipJudge.from_pretrained(path), ckpt
         return ClipJudge.from_config(cfg.clip_size, seed=cfg.seed), ckpt
-    path = resolve_model(cfg.model)
+    path = resolve_model(cfg.model, num_processes)
     base = read_checkpoint_config(path)
     if base.objective == "clip-bt":
         raise ConfigError(f"model: {cfg.model} is a CLIP checkpoint; objective {cfg.objective} needs a VLM")
@@ -202,8 +204,8 @@ def build_judge(cfg: TrainConfig) -> tuple[torch.nn.Module, CheckpointConfig]:
             raise ConfigError(f"lora_targets: no target modules for family {family!r} and no 'default'")
         judge.model = get_peft_model(judge.model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
                                                              lora_dropout=cfg.lora_dropout, target_modules=targets))
-        if cfg.lora_save == "adapter":
-            ckpt = ckpt.replace(adapter_of=str(path.resolve()))
+        if cfg.lora_save == "adapter":  # a preset by name (portable), else the base directory
+            ckpt = ckpt.replace(adapter_of=cfg.model if not Path(cfg.model).exists() else str(path.resolve()))
     return judge.train(), ckpt
 
 
@@ -239,6 +241,10 @@ def train(cfg: TrainConfig) -> Path:
     """Run the recipe; returns `output_dir/final`."""
     from transformers import get_scheduler
 
+    if cfg.cot and cfg.cot_order == "rationale-first" and cfg.objective == "generative-pairwise":
+        raise ConfigError("cot_order: rationale-first puts the judgment after the rationale, but rewards are read "
+                          "right after the prompt (one forward pass); such a judge cannot score yet. Use "
+                          "judgment-first (the paper's order)")
     accelerator = _accelerator(cfg)
     world, rank = accelerator.num_processes, accelerator.process_index
     per_micro, rem = divmod(cfg.batch_size, world * cfg.grad_accum)
@@ -256,17 +262,21 @@ def train(cfg: TrainConfig) -> Path:
 
         eval_records = [r for r in read_manifest(cfg.eval_data) if not isinstance(r, RecordError)][:cfg.eval_max]
 
-    judge, ckpt = build_judge(cfg)
+    judge, ckpt = build_judge(cfg, world)
     params = [p for p in judge.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = get_scheduler(cfg.schedule if cfg.schedule != "constant" else "constant_with_warmup", optimizer,
                               num_warmup_steps=cfg.warmup_steps, num_training_steps=cfg.max_steps)
-    checkpointer = Checkpointer(out, keep=cfg.keep_checkpoints)
+    checkpointer = Checkpointer(out, keep=max(cfg.keep_checkpoints, 1))
     step, best, elapsed = 0, -1.0, 0.0
     latest = checkpointer.latest()
     if latest is not None:  # resume: weights, optimizer, schedule, RNG; the data position follows from `step`
         state = Checkpointer.load_state(latest)
-        judge.load_state_dict(state["trainable"], strict=False)
+        missing, unexpected = judge.load_state_dict(state["trainable"], strict=False)
+        trainable = {k for k, p in judge.named_parameters() if p.requires_grad}
+        if unexpected or trainable & set(missing):
+            raise ConfigError(f"output_dir: {latest} was written by a run with other trainable weights (lora, "
+                              "freeze_vision or objective changed?); use a new output_dir")
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
@@ -293,22 +303,37 @@ def train(cfg: TrainConfig) -> Path:
     window: dict[str, list[float]] = {}
     window_records, window_time = 0, 0.0
     autocast = torch.autocast(accelerator.device.type, dtype=torch.bfloat16) if cfg.bf16 else nullcontext()
-    stop = False
+    stop = cfg.max_minutes is not None and elapsed >= cfg.max_minutes  # a finished run resumed: nothing to do
     while step < cfg.max_steps and not stop:
         t0 = time.perf_counter()
         chosen = step_records(step, len(records), cfg.batch_size, cfg.seed)
         mine = chosen[rank * per_micro * cfg.grad_accum:(rank + 1) * per_micro * cfg.grad_accum]
-        step_metrics: dict[str, list[float]] = {}
-        for m in range(cfg.grad_accum):
-            batch = Batch.join([_example(cfg, records[i]) for i in mine[m * per_micro:(m + 1) * per_micro]])
+        batches = [Batch.join([_example(cfg, records[i]) for i in mine[m * per_micro:(m + 1) * per_micro]])
+                   for m in range(cfg.grad_accum)]
+        # each loss term is normalised by its item count over the WHOLE global batch (all ranks and
+        # micro-batches), so ranks that drew more ties or rationales weigh exactly what they hold
+        counts: dict[str, float] = {}
+        for b in batches:
+            for k, v in term_counts(b, cfg.ties).items():
+                counts[k] = counts.get(k, 0) + v
+        keys = sorted(counts)
+        totals = accelerator.reduce(torch.tensor([counts[k] for k in keys], dtype=torch.float64,
+                                                 device=accelerator.device), reduction="sum")
+        den = {k: v / world for k, v in zip(keys, totals.tolist())}
+        additive: dict[str, float] = {}  # loss terms: summed over micro-batches and ranks
+        averaged: dict[str, list[float]] = {}  # accuracies: averaged
+        for m, batch in enumerate(batches):
             sync = nullcontext() if m == cfg.grad_accum - 1 else accelerator.no_sync(module)
             with sync:
                 with autocast:
                     scores = sequence_scores(module, judge, batch.sequences)
-                loss, metrics = objective(scores, batch, **kwargs)
-                accelerator.backward(loss / cfg.grad_accum)
+                loss, metrics = objective(scores, batch, den=den, **kwargs)
+                accelerator.backward(loss)
             for k, v in metrics.items():
-                step_metrics.setdefault(k, []).append(v)
+                if k.endswith("loss"):
+                    additive[k] = additive.get(k, 0.0) + v / world
+                else:
+                    averaged.setdefault(k, []).append(v)
         if cfg.max_grad_norm > 0:
             accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
         optimizer.step()
@@ -317,10 +342,12 @@ def train(cfg: TrainConfig) -> Path:
         step += 1
         dt = time.perf_counter() - t0
         elapsed += dt / 60.0
-        # metrics of the global batch: each rank's micro-batch means, averaged over ranks
-        local = torch.tensor([_nanmean(step_metrics[k]) for k in sorted(step_metrics)], device=accelerator.device)
-        glob = accelerator.reduce(local, reduction="mean")
-        for k, v in zip(sorted(step_metrics), glob.tolist()):
+        names = sorted(additive) + sorted(averaged)
+        summed = accelerator.reduce(torch.tensor([additive[k] for k in sorted(additive)], device=accelerator.device),
+                                    reduction="sum")
+        meaned = accelerator.reduce(torch.tensor([_nanmean(averaged[k]) for k in sorted(averaged)],
+                                                 device=accelerator.device), reduction="mean")
+        for k, v in zip(names, summed.tolist() + meaned.tolist()):
             window.setdefault(k, []).append(v)
         window_records += cfg.batch_size
         window_time += dt

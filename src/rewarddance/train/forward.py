@@ -53,7 +53,9 @@ def _judgment_offset(tok, target: str | None, suffix: str, judgment: str) -> int
     """Tokens of the suffix before its judgment token (0 when the target starts with it)."""
     if not suffix or target.startswith(judgment):
         return 0
-    idx = suffix.rindex(judgment)
+    idx = suffix.rfind(judgment)
+    if idx < 0:
+        raise TargetAlignmentError(f"the target {target[:40]!r} does not contain its judgment {judgment!r}")
     if idx > 0 and suffix[idx - 1] == " ":  # " yes" is one token
         idx -= 1
     return len(tok.encode(suffix[:idx], add_special_tokens=False))
