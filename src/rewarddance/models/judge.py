@@ -85,12 +85,11 @@ def unwrap(module: nn.Module) -> nn.Module:
 
 
 def weights_state(module: nn.Module) -> tuple:
-    """A cheap fingerprint that changes whenever any parameter changes: in-place updates
-    (optimizer steps, load_state_dict) bump a tensor's version counter; replaced tensors
-    have a new identity; dtype and device moves show in the first parameter."""
-    params = list(module.parameters())
-    first = params[0]
-    return (first.dtype, first.device, tuple((id(p), p._version) for p in params))
+    """A cheap fingerprint of the weights: in-place updates through autograd-visible ops (optimizer
+    steps, load_state_dict) bump a tensor's version counter; replaced tensors, dtype and device
+    moves change its identity, storage or dtype. Not seen: writes through `.data` (e.g.
+    `p.data.copy_(...)` in an EMA loop, peft's merge_adapter): clear caches yourself after those."""
+    return tuple((id(p), p._version, p.data_ptr(), p.dtype, p.device) for p in module.parameters())
 
 
 class JudgeModule(nn.Module):

@@ -90,8 +90,9 @@ class RewardModel:
         config = self.config
         if merge_adapter:  # full weights now: no base model to apply an adapter to
             config = config.replace(adapter_of=None)
-        if isinstance(self.judge, Judge):
-            config = config.replace(answer_ids={"yes": self.judge.yes_ids, "no": self.judge.no_ids})
+        if isinstance(self.judge, Judge):  # the judge's own settings are the ones it scores with
+            config = config.replace(answer_ids={"yes": self.judge.yes_ids, "no": self.judge.no_ids},
+                                    normalize=self.judge.normalize, padding_side=self.judge.padding_side)
         write_checkpoint_config(path, config)
 
     # ------------------------------------------------------------------ settings

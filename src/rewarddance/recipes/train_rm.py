@@ -185,8 +185,10 @@ def build_judge(cfg: TrainConfig, num_processes: int = 1) -> tuple[torch.nn.Modu
     if base.adapter_of:
         raise ConfigError(f"model: {cfg.model} is a LoRA adapter; train from its merged checkpoint")
     torch.manual_seed(cfg.seed)  # the value head's initial weights
-    judge = Judge.from_pretrained(path, padding_side=base.padding_side)
-    if cfg.objective == "regressive-bt":
+    keep_head = cfg.objective == "regressive-bt" and base.objective == "regressive-bt"  # continue training it
+    judge = Judge.from_pretrained(path, padding_side=base.padding_side, value_head=keep_head)
+    ckpt = ckpt.replace(padding_side=base.padding_side)
+    if cfg.objective == "regressive-bt" and not keep_head:
         judge.value_head = torch.nn.Linear(judge.backbone.get_output_embeddings().weight.shape[1], 1)
         torch.nn.init.zeros_(judge.value_head.bias)
     if cfg.freeze_vision:
