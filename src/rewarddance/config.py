@@ -70,7 +70,7 @@ def _check(value: Any, tp: Any, key: str) -> Any:
     if tp is float and isinstance(value, str):  # YAML 1.1 reads "3e-4" (no dot) as a string
         try:
             return float(value)
-        except ValueError:
+        except ValueError:  # only float() of one string is inside: the value is not a number
             raise ConfigError(f"{key}: {value!r} is not a float") from None
     if tp is str and isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)  # model=1 or a numeric run name stays a string
