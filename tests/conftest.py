@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from rewarddance.models.presets import ARCHS  # the one list of tested architectures
+from rewarddance.models.presets import ARCHS  # noqa: F401  (re-exported: the tests import the one list from here)
 
 
 @pytest.fixture(scope="session", autouse=True)
