@@ -16,7 +16,8 @@ is the best of 2 runs.
 
 The last line is one JSON object: ratio_vs_naive, ratio_vs_generate (pairwise K=4, base),
 ratio_pointwise_vs_naive (base), mfu (FLOPs ours executes, counted with FlopCounterMode,
-per second, over the matmul peak measured here for the dtype used; base, batch 16).
+per second, over the matmul peak measured here for the dtype used; base, batch 16), and
+fast_path_fallbacks (items the shared-prefix path left to the plain path; 0 when every group fit).
 """
 
 from __future__ import annotations
@@ -119,7 +120,9 @@ def bench_preset(name: str, dtype: torch.dtype, n_prompts: int, with_generate: b
         t_naive, r_naive = timed(run_naive, rm, prompts, cands, refs, reps=REPS)
         n = len(cands)
         row = {"layout": layout, "k": k, "pairs": n, "ours": n / t_ours, "naive": n / t_naive,
-               "max_diff_vs_naive": float(np.abs(np.array(r_ours) - np.array(r_naive)).max())}
+               "max_diff_vs_naive": float(np.abs(np.array(r_ours) - np.array(r_naive)).max()),
+               # items the shared-prefix path handed to the plain path (layout mismatch): should stay 0
+               "fallbacks": rm.prefix_scorer.fallbacks}
         if with_generate and (k == 4 or layout == "pointwise"):
             run_generate(rm, *warm)
             t_gen, _ = timed(run_generate, rm, prompts, cands, refs, reps=REPS)
@@ -130,7 +133,7 @@ def bench_preset(name: str, dtype: torch.dtype, n_prompts: int, with_generate: b
             if "generate" in row else ""
         print(f"{name:16s} {res['dtype']:8s} {label:13s} {n:4d} pairs  ours {row['ours']:7.1f}/s  naive "
               f"{row['naive']:7.1f}/s  ours/naive {row['ours'] / row['naive']:5.2f}x{gen}  "
-              f"(max |ours-naive| {row['max_diff_vs_naive']:.1e})", flush=True)
+              f"(max |ours-naive| {row['max_diff_vs_naive']:.1e}, fast-path fallbacks {row['fallbacks']})", flush=True)
         if layout == "pairwise" and k == 4:
             batch = (prompts[:BATCH], cands[:BATCH], refs[:BATCH])
             with FlopCounterMode(display=False) as counter:
@@ -249,7 +252,8 @@ def main() -> None:
                "small_ratio_vs_naive": {f"{r['layout']}-K{r['k']}": r["ours"] / r["naive"]
                                         for r in results["small"]["rows"]},
                "bf16_speedup": studies["dtype"]["bfloat16"] / studies["dtype"]["float32"],
-               "bf16_max_abs_diff": studies["dtype"]["max_abs_diff"]}
+               "bf16_max_abs_diff": studies["dtype"]["max_abs_diff"],
+               "fast_path_fallbacks": sum(r["fallbacks"] for res in results.values() for r in res["rows"])}
     print(json.dumps(summary))
 
 

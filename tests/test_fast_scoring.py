@@ -3,11 +3,16 @@ same rewards as the plain path: one full forward per (candidate, reference) sequ
 
 from __future__ import annotations
 
+import logging
+from contextlib import contextmanager
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
 
-from rewarddance.models.fast import FeatureCache, content_key
+from rewarddance.context import get_task
+from rewarddance.models.fast import FeatureCache, LayoutMismatchError, content_key
 
 from .conftest import ARCHS, smooth_images
 
@@ -17,6 +22,14 @@ PROMPTS = ["a red circle"] * 3 + ["two blue squares and a green star"] * 2 + ["a
 def _plain(rm, prompts, cands, refs=None, task=None):
     with torch.inference_mode():
         return rm.judge.rewards(rm.contexts(prompts, cands, references=refs, task=task)).tolist()
+
+
+@contextmanager
+def _on_the_fast_path(rm, n: int):
+    """Assert that the block scored `n` items on the shared-prefix path and none fell back."""
+    scored = rm.prefix_scorer.scored
+    yield
+    assert rm.prefix_scorer.scored - scored == n and rm.prefix_scorer.fallbacks == 0
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -29,14 +42,70 @@ def test_fast_equals_plain(arch, layout, load_rm):
     refs = [r1, r1, r2, r1, r1, r2] if layout == "pairwise" else None  # groups of several sizes
     plain = _plain(rm, PROMPTS, cands, refs)
     rm.prefix_scorer.features.clear()
-    cold = rm.score(PROMPTS, cands, references=refs, batch_size=4)
-    warm = rm.score(PROMPTS, cands, references=refs, batch_size=4)  # vision features from the cache
-    np.testing.assert_allclose(cold, plain, atol=1e-4)
-    np.testing.assert_allclose(warm, plain, atol=1e-4)
+    with _on_the_fast_path(rm, 2 * len(cands)):
+        cold = rm.score(PROMPTS, cands, references=refs, batch_size=4)
+        warm = rm.score(PROMPTS, cands, references=refs, batch_size=4)  # vision features from the cache
+    np.testing.assert_allclose(cold, plain, atol=1e-5)
+    np.testing.assert_allclose(warm, plain, atol=1e-5)
     assert rm.prefix_scorer.features.hits >= len(cands)
     for task in ("plain", "t2i-overall"):
-        np.testing.assert_allclose(rm.score(PROMPTS, cands, references=refs, task=task),
-                                   _plain(rm, PROMPTS, cands, refs, task), atol=1e-4)
+        with _on_the_fast_path(rm, len(cands)):
+            fast = rm.score(PROMPTS, cands, references=refs, task=task)
+        np.testing.assert_allclose(fast, _plain(rm, PROMPTS, cands, refs, task), atol=1e-5)
+
+
+# one prompt, images of several shapes: equal token counts with different Qwen grids, InternVL tiling
+# the non-square ones (80 tokens against 16)
+MIXED = [(64, 64), (32, 128), (128, 32), (64, 64)]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("layout", ["pointwise", "pairwise"])
+def test_fast_equals_plain_for_mixed_shapes(arch, layout, load_rm):
+    rm = load_rm(arch, layout)
+    imgs = [smooth_images(1, size, seed=30 + i)[0] for i, size in enumerate(MIXED)]
+    refs = [imgs[1], imgs[0], imgs[3], imgs[2]] if layout == "pairwise" else None  # each of another shape
+    prompts = ["a red circle"] * len(imgs)
+    plain = _plain(rm, prompts, imgs, refs)
+    assert np.ptp(plain) > 100 * 1e-5  # the rewards differ far more than the tolerance
+    with _on_the_fast_path(rm, len(imgs)):
+        fast = rm.score(prompts, imgs, references=refs)
+    np.testing.assert_allclose(fast, plain, atol=1e-5)
+
+
+def test_layouts_are_what_the_processor_makes(load_rm):
+    """Raw sizes are not layouts: LLaVA resizes every size to one layout; Qwen gives 64×64 and 32×128
+    the same token count but other grids (3-D positions); InternVL tiles the non-square image."""
+    square, wide = smooth_images(1, (64, 64))[0], smooth_images(1, (32, 128))[0]
+    a, b = load_rm("llava").prefix_scorer.encode_images([square, wide])
+    assert a.layout == b.layout
+    a, b = load_rm("qwen2_vl").prefix_scorer.encode_images([square, wide])
+    assert len(a.features) == len(b.features) and a.layout != b.layout
+    a, b = load_rm("internvl").prefix_scorer.encode_images([square, wide])
+    assert len(b.features) > len(a.features)
+
+
+def test_layout_mismatch_falls_back_to_the_plain_path(preset_dirs, monkeypatch, caplog):
+    """A group whose images do not fit its rendered layout is scored on the plain path, counted and
+    logged; the other groups stay on the fast path. The fault is injected by giving every image one
+    layout key, so that the 64×64 and 48×80 images (16 and 24 tokens) land in one group."""
+    import rewarddance as rd
+
+    rm = rd.load(preset_dirs("qwen2_vl"))
+    scorer = rm.prefix_scorer
+    encode = scorer.encode_images
+    monkeypatch.setattr(scorer, "encode_images",
+                        lambda images, batch_size=16: [replace(e, layout=()) for e in encode(images, batch_size)])
+    imgs = [smooth_images(1, size, seed=40 + i)[0] for i, size in enumerate([(64, 64), (48, 80), (64, 64)])]
+    prompts = ["a red circle", "a red circle", "a blue star"]
+    with caplog.at_level(logging.WARNING, logger="rewarddance.models.reward_model"):
+        fast = rm.score(prompts, imgs)
+    assert scorer.fallbacks == 2 and scorer.scored == 1
+    assert "fell back to the plain path for 2 item(s)" in caplog.text
+    np.testing.assert_allclose(fast, _plain(rm, prompts, imgs), atol=1e-5)
+    with pytest.raises(LayoutMismatchError):
+        scorer.rewards(get_task("t2i-alignment"), "pointwise", "a red circle", (imgs[0], None),
+                       [(None, encode(imgs[:2]))], 16)
 
 
 def test_compare_fast_equals_plain(load_rm):

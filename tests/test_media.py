@@ -111,6 +111,23 @@ def test_tensor_passthrough_keeps_graph():
     assert load_image(x) is x
 
 
+@pytest.mark.parametrize("kind", ["tensor", "array", "video"])
+def test_float_pixels_are_checked_for_tensors_arrays_and_videos(kind):
+    """NaN, 0-255 and [-1, 1] data are refused whatever carries them; resampling overshoot is not."""
+    def load(x: torch.Tensor):
+        if kind == "video":
+            return load_video(torch.stack([x, x.clamp(0, 1)]))
+        return load_image(x if kind == "tensor" else x.numpy())
+
+    x = torch.rand(3, 8, 8)
+    for bad, match in ((x.clone().index_fill_(1, torch.tensor([2]), float("nan")), "NaN"),
+                       (x * 255, "divide by 255"), (x * 2 - 1, r"\(x \+ 1\) / 2")):
+        with pytest.raises(MediaError, match=match):
+            load(bad)
+    overshoot = x * 1.08 - 0.04  # what bicubic resampling of a [0, 1] image produces
+    assert torch.isfinite(load(overshoot)).all()
+
+
 def test_bad_arrays_and_prompts():
     with pytest.raises(MediaError, match="channels"):
         load_image(np.zeros((4, 4, 2), dtype=np.uint8))

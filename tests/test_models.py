@@ -25,7 +25,8 @@ PROMPTS = ["a red circle", "two blue squares", "a green star to the left of a ye
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_save_load_score_batch_and_gradients(arch, load_rm):
-    """save -> load -> score in (0,1); batch == one-by-one for left and right padding; grads reach pixels."""
+    """save -> load -> score in (0,1); batch == one-by-one, on the fast path and on the plain path
+    with left and right padding (prompts of different lengths in one batch); grads reach pixels."""
     for layout in ("pointwise", "pairwise"):
         rm = load_rm(arch, layout)
         imgs = smooth_images(3, seed=1)
@@ -34,12 +35,13 @@ def test_save_load_score_batch_and_gradients(arch, load_rm):
         assert all(0.0 < s < 1.0 for s in batch)
         single = [rm.score(p, [i], references=None if refs is None else [r])[0]
                   for p, i, r in zip(PROMPTS, imgs, refs or [None] * 3)]
+        assert np.ptp(single) > 100 * 1e-5  # the rewards differ far more than the tolerance
         np.testing.assert_allclose(batch, single, atol=1e-5)
-        rm.judge.padding_side = "right"
-        try:
-            np.testing.assert_allclose(rm.score(PROMPTS, imgs, references=refs), single, atol=1e-5)
-        finally:
-            rm.judge.padding_side = "left"
+        for side in ("left", "right"):
+            plain = load_rm(arch, layout, fast=False, padding_side=side)
+            mask = plain.judge.encode(plain.contexts(PROMPTS, imgs, references=refs))["attention_mask"]
+            assert not mask[:, 0 if side == "left" else -1].all()  # the batch really is padded, on that side
+            np.testing.assert_allclose(plain.score(PROMPTS, imgs, references=refs), single, atol=1e-5)
         x = torch.stack(imgs).requires_grad_(True)
         r = rm.reward_fn()(x, PROMPTS, references=refs)
         assert r.shape == (3,) and r.requires_grad
@@ -119,6 +121,40 @@ def test_answer_split_into_several_tokens_fails_clearly(load_rm):
                               tokenizer=tok, chat_template=tok.chat_template)
     with pytest.raises(ValueError, match="several tokens"):
         resolve_answer_ids(proc, "yes")
+
+
+def _paligemma(vocab: int, image_token_id: int, softcap: float | None):
+    """A tiny PaliGemma (Gemma3 text): a real family that soft-caps its logits after the LM head."""
+    import transformers as T
+
+    text = dict(model_type="gemma3_text", vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                num_attention_heads=2, num_key_value_heads=1, head_dim=32, final_logit_softcapping=softcap)
+    vision = dict(model_type="siglip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                  num_attention_heads=2, image_size=64, patch_size=16)
+    torch.manual_seed(0)
+    return T.PaliGemmaForConditionalGeneration(T.PaliGemmaConfig(
+        text_config=text, vision_config=vision, projection_dim=64, hidden_size=64, vocab_size=vocab,
+        image_token_index=image_token_id))
+
+
+def test_head_scores_are_the_models_own_logits(load_rm, preset_dirs, tmp_path):
+    """The LM-head check every load runs passes for the six families (and in bfloat16); a family
+    that soft-caps its logits after the head is refused at load time, the same model without the
+    cap loads."""
+    for arch in ARCHS:
+        load_rm(arch).judge.check_head()
+    load_rm("qwen2_5_vl", dtype=torch.bfloat16).judge.check_head()
+    proc = load_rm("llava").processor  # any processor: the check reads only the answer tokens
+    vocab, image_token_id = len(proc.tokenizer), proc.tokenizer.convert_tokens_to_ids("<image>")
+    for softcap in (None, 30.0):
+        path = tmp_path / f"paligemma-{softcap}"
+        _paligemma(vocab, image_token_id, softcap).save_pretrained(path)
+        proc.save_pretrained(path)
+        if softcap is None:
+            assert 0 < rd.load(path).score("a red circle", smooth_images(1))[0] < 1
+        else:
+            with pytest.raises(ValueError, match="final_logit_softcapping"):
+                rd.load(path)
 
 
 def test_vocab_normalisation_and_one_forward_logits(load_rm):

@@ -29,6 +29,9 @@ VIDEO_SUFFIXES = {".mp4", ".webm", ".gif", ".mkv", ".mov", ".avi"}
 MAX_PIXELS = 4096 * 4096
 BOMB_PIXELS = 8 * MAX_PIXELS  # below PIL's own hard limit, so our message is the one users see
 MAX_SIDE = 2048
+# Float pixels may overshoot [0, 1] a little (bicubic or Lanczos resampling of a [0, 1] image
+# does) and are clipped; 0-255 or [-1, 1] data lie far outside, and clipping them is silently wrong.
+OVERSHOOT = 0.1
 
 
 class MediaError(ValueError):
@@ -94,6 +97,19 @@ def _open_image_file(path: Path) -> Image.Image:
     return ImageOps.exif_transpose(img)
 
 
+def _check_float_pixels(x: torch.Tensor, name: str) -> None:
+    """Float pixels must be finite and in [0, 1] (up to OVERSHOOT); tensors and arrays alike."""
+    x = x.detach()
+    if x.numel() == 0:
+        raise MediaError(f"{name}: image has zero size {tuple(x.shape)}")
+    if not torch.isfinite(x).all():
+        raise MediaError(f"{name}: image contains NaN or infinite values")
+    lo, hi = x.min().item(), x.max().item()
+    if lo < -OVERSHOOT or hi > 1 + OVERSHOOT:
+        hint = "0-255 data: divide by 255" if hi > 1 + OVERSHOOT else "[-1, 1] data: map with (x + 1) / 2"
+        raise MediaError(f"{name}: float pixel values must lie in [0, 1], got [{lo:.3g}, {hi:.3g}] ({hint})")
+
+
 def _array_to_tensor(arr: np.ndarray, name: str) -> torch.Tensor:
     if arr.ndim == 2:
         arr = arr[:, :, None]
@@ -112,9 +128,9 @@ def _array_to_tensor(arr: np.ndarray, name: str) -> torch.Tensor:
     elif arr.dtype == np.bool_:
         x = arr.astype(np.float32)
     elif np.issubdtype(arr.dtype, np.floating):
-        if not np.isfinite(arr).all():
-            raise MediaError(f"{name}: image contains NaN or infinite values")
-        x = np.clip(arr.astype(np.float32), 0.0, 1.0)
+        x = arr.astype(np.float32)
+        _check_float_pixels(torch.from_numpy(x), name)
+        x = np.clip(x, 0.0, 1.0)
     else:
         raise MediaError(f"{name}: unsupported image dtype {arr.dtype}")
     if x.shape[2] == 4:  # composite on white, like RGBA files
@@ -130,10 +146,12 @@ def load_image(src: Any) -> torch.Tensor:
 
     Accepts a path, a PIL image (any mode: grayscale, RGBA, CMYK, 16-bit are converted),
     a numpy array (HxW / HxWxC / CxHxW; uint8, uint16, bool or float in [0,1]) or a
-    tensor (3×H×W float in [0,1] is passed through untouched, keeping its autograd graph).
+    tensor (3×H×W float in [0,1] is checked like a float array, then passed through untouched,
+    keeping its autograd graph).
     """
     if isinstance(src, torch.Tensor):
         if src.ndim == 3 and src.shape[0] == 3 and src.is_floating_point():
+            _check_float_pixels(src, _name(src))
             return src  # already normalised; may carry gradients (ReFL)
         return _array_to_tensor(src.detach().cpu().numpy(), _name(src))
     if isinstance(src, (str, os.PathLike)):
@@ -181,6 +199,8 @@ def load_video(src: Any, *, num_frames: int | None = None, fps: float | None = N
         raise MediaError(f"{_name(src)}: not a video (expected a path or a list of frames)")
     if len(frames) == 0:
         raise MediaError(f"{_name(src)}: video has no frames")
+    if frames is src:  # float frames passed straight through: the checks load_image makes
+        _check_float_pixels(frames, _name(src))
     return frames[_sample_indices(len(frames), num_frames, fps, src_fps)]
 
 

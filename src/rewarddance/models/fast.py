@@ -7,10 +7,16 @@ keys/values, and run only each candidate's suffix (its image tokens and the turn
 tokens) against them. Vision-encoder outputs are cached by content hash (bounded LRU), so a
 candidate compared with K references is encoded once.
 
+Candidates share a suffix only when they share a token layout: the tokens the processor
+expands the image into (InternVL's and Idefics3's tiling, every family's token count) and, for
+Qwen2-VL / Qwen2.5-VL, the patch grid their 3-D M-RoPE positions are computed from. Both come
+from the family's own processor (`encode_images`), so two raw sizes that process alike share a
+group and two that only share a token count do not. Images whose layout the rendered context
+contradicts raise `LayoutMismatchError`; `RewardModel.score_items` scores those on the plain path.
+
 Works for the six tested families through transformers' `mm_encoder_outputs` argument.
-Positions continue exactly: 1-D positions are a range; Qwen2-VL / Qwen2.5-VL 3-D M-RoPE
-positions are computed on the full sequence and sliced. Results equal the plain path
-(tests check 1e-4 in float32).
+Positions continue exactly: 1-D positions are a range; Qwen 3-D positions are computed on the
+full sequence and sliced. Results equal the plain path (tests check 1e-5 in float32).
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
@@ -31,6 +38,10 @@ from .presets import ARCHS
 MROPE = ("qwen2_vl", "qwen2_5_vl")
 
 
+class LayoutMismatchError(ValueError):
+    """Images sent through one shared prefix do not share the token layout the rendered context has."""
+
+
 def content_key(x: torch.Tensor) -> bytes:
     """A hash of a tensor's shape, dtype and bytes."""
     data = x.detach().to("cpu").contiguous()
@@ -39,8 +50,24 @@ def content_key(x: torch.Tensor) -> bytes:
     return h.digest()
 
 
+@dataclass(frozen=True)
+class Encoded:
+    """One image as the language model consumes it.
+
+    `features`: n_tokens × hidden rows, in the order they fill the image's tokens.
+    `layout`: everything that shapes the image's place in the sequence: the token ids the
+    processor expands it into, and Qwen's (t, h, w) patch grid, which its 3-D positions follow.
+    `grid`: that grid as the model takes it (Qwen), else None.
+    """
+
+    key: bytes
+    features: torch.Tensor
+    layout: tuple
+    grid: torch.Tensor | None
+
+
 class FeatureCache:
-    """Bounded LRU: content hash -> vision-encoder output of one image (and its grid, for Qwen).
+    """Bounded LRU: content hash -> `Encoded` of one image.
 
     The outputs depend on the weights too: `bind(state)` empties the cache whenever the
     judge's weights state (`Judge.state()`: parameter versions, dtype, device) has changed.
@@ -77,19 +104,17 @@ class FeatureCache:
         self._items.clear()
 
 
-def _image_runs(ids: torch.Tensor, image_token_id: int) -> list[tuple[int, int]]:
-    """(start, end) of each run of image tokens in a 1-D id sequence."""
-    is_img = (ids == image_token_id).int()
-    edges = torch.diff(torch.cat([is_img.new_zeros(1), is_img, is_img.new_zeros(1)]))
-    return list(zip((edges == 1).nonzero().flatten().tolist(), (edges == -1).nonzero().flatten().tolist()))
-
-
 class PrefixScorer:
-    """Scores many candidates that share a prompt (and references) with shared prefix forwards."""
+    """Scores many candidates that share a prompt (and references) with shared prefix forwards.
+
+    `scored` counts the (candidate, reference) items it has scored; `fallbacks` counts those the
+    caller had to score on the plain path after a `LayoutMismatchError`.
+    """
 
     def __init__(self, judge: Judge, *, cache_items: int = 4096) -> None:
         self.judge = judge
         self.features = FeatureCache(cache_items)
+        self.scored = self.fallbacks = 0
         cfg = judge.backbone.config
         self.mrope = cfg.model_type in MROPE
         self.image_token_id = getattr(cfg, "image_token_id", None)
@@ -107,31 +132,50 @@ class PrefixScorer:
         """The six tested families (generative or value head: both read the last hidden state)."""
         return getattr(judge.backbone.config, "model_type", None) in ARCHS
 
-    def _vision_features(self, images: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor | None]:
-        """Per-image vision-encoder outputs (cached by content) and, for Qwen, their grids."""
-        judge = self.judge
+    def encode_images(self, images: Sequence[torch.Tensor], batch_size: int = 16) -> list[Encoded]:
+        """Each image's vision-encoder output and token layout (cached by content)."""
+        self.features.bind(self.judge.state())
         keys = [content_key(x) for x in images]
-        entries = [self.features.get(k) for k in keys]
-        missing = [i for i, e in enumerate(entries) if e is None]
-        if missing:
-            processed = judge.processor.image_processor(images=[images[i] for i in missing], do_rescale=False,
-                                                     return_tensors="pt")
-            kwargs = {k: (v.to(judge.device, judge.dtype) if v.is_floating_point() else v.to(judge.device))
-                      for k, v in processed.items() if k in self._vision_args}
-            if kwargs["pixel_values"].ndim == 5:  # Idefics3/SmolVLM: (samples, images, ...); one image per sample
-                kwargs = {k: v.transpose(0, 1) if k in ("pixel_values", "pixel_attention_mask") else v
-                          for k, v in kwargs.items()}
-            out = judge.backbone.model.get_image_features(**kwargs, **self._vision_config).pooler_output
-            self._as_tensor = isinstance(out, torch.Tensor)
-            grids = kwargs.get("image_grid_thw")
-            for j, i in enumerate(missing):
-                entries[i] = (out[j], None if grids is None else grids[j])
-                self.features.put(keys[i], entries[i])
-        grids = None if entries[0][1] is None else torch.stack([e[1] for e in entries])
-        return [e[0] for e in entries], grids
+        found: dict[bytes, Encoded] = {}
+        missing: dict[bytes, torch.Tensor] = {}
+        for key, x in zip(keys, images):
+            if key not in found and key not in missing:
+                entry = self.features.get(key)
+                if entry is None:
+                    missing[key] = x
+                else:
+                    found[key] = entry
+        todo = list(missing.items())
+        for i in range(0, len(todo), batch_size):
+            chunk = todo[i:i + batch_size]
+            for (key, _), entry in zip(chunk, self._encode([x for _, x in chunk])):
+                entry = Encoded(key, *entry)
+                self.features.put(key, entry)
+                found[key] = entry
+        return [found[k] for k in keys]
+
+    def _encode(self, images: Sequence[torch.Tensor]) -> list[tuple[torch.Tensor, tuple, torch.Tensor | None]]:
+        """(features, layout, grid) per image. The images go through the family's full processor, each
+        as a text holding only its placeholder, so tiling and token expansion are exactly those the
+        plain path's processor call makes (InternVL's processor, e.g., overrides its image processor's
+        `crop_to_patches`)."""
+        judge, processor = self.judge, self.judge.processor
+        batch = processor(text=[processor.image_token] * len(images), images=[[x] for x in images], padding=True,
+                          do_rescale=False, return_tensors="pt")
+        kwargs = {k: (v.to(judge.device, judge.dtype) if v.is_floating_point() else v.to(judge.device))
+                  for k, v in batch.items() if k in self._vision_args}
+        out = judge.backbone.model.get_image_features(**kwargs, **self._vision_config).pooler_output
+        self._as_tensor = isinstance(out, torch.Tensor)
+        rows = torch.cat([f.reshape(-1, f.shape[-1]) for f in out])  # every family's features, one row per token
+        tokens = [ids[mask.bool()] for ids, mask in zip(batch["input_ids"], batch["attention_mask"])]
+        feats = rows.split([int((t == self.image_token_id).sum()) for t in tokens])
+        grids = kwargs.get("image_grid_thw")
+        return [(f, (tuple(t.tolist()), None if grids is None else tuple(grids[j].tolist())),
+                 None if grids is None else grids[j])
+                for j, (f, t) in enumerate(zip(feats, tokens))]
 
     def _encoder_outputs(self, feats: Sequence[torch.Tensor]) -> dict:
-        pooled = torch.stack(list(feats)) if self._as_tensor else tuple(feats)
+        pooled = torch.cat(list(feats)) if self._as_tensor else tuple(feats)
         return {"image": BaseModelOutputWithPooling(pooler_output=pooled)}
 
     def _positions(self, pos: torch.Tensor, start: int, end: int, batch: int) -> torch.Tensor:
@@ -139,13 +183,14 @@ class PrefixScorer:
             return pos[:, :, start:end].expand(-1, batch, -1)
         return pos[:, start:end].expand(batch, -1)
 
-    def _vision_kwargs(self, inputs: dict, start: int, end: int, batch: int, grids: torch.Tensor | None) -> dict:
+    def _vision_kwargs(self, inputs: dict, start: int, end: int, batch: int,
+                       images: Sequence[Encoded] = ()) -> dict:
         """Family extras for tokens [start, end): Qwen's token types and image grids."""
         if not self.mrope:
             return {}
         out = {"mm_token_type_ids": inputs["mm_token_type_ids"][:, start:end].expand(batch, -1)}
-        if grids is not None:
-            out["image_grid_thw"] = grids
+        if images:
+            out["image_grid_thw"] = torch.stack([e.grid for e in images])
         return out
 
     def _extend(self, layers: list | None, inputs: dict, pos: torch.Tensor, start: int, end: int,
@@ -160,61 +205,62 @@ class PrefixScorer:
                                    use_cache=True, **kwargs).past_key_values
         return [(layer.keys, layer.values) for layer in past.layers]
 
-    def rewards(self, task, layout: str, prompt: str,
-                groups: Sequence[tuple[torch.Tensor | None, Sequence[torch.Tensor]]], batch_size: int
-                ) -> list[torch.Tensor]:
+    def rewards(self, task, layout: str, prompt: str, example: tuple[torch.Tensor, torch.Tensor | None],
+                groups: Sequence[tuple[Encoded | None, Sequence[Encoded]]], batch_size: int) -> list[torch.Tensor]:
         """P(yes) for the candidates of one prompt, grouped by reference (None in the pointwise layout).
 
-        The text before the first image is run once for the prompt, each reference extends it once,
-        and each batch of candidates runs only its own image tokens and the turn's closing tokens.
-        Raises ValueError when the images do not share one token layout (the caller groups by size first).
+        `example` is one (candidate, reference) pair of raw images the token sequence is rendered
+        from; every reference and every candidate must share its layout (`encode_images`), else
+        LayoutMismatchError. The text before the first image is run once, each reference extends
+        it once, and each batch of candidates runs only its own image tokens and the turn's end.
         """
         judge = self.judge
-        self.features.bind(judge.state())
-        reference, candidates = groups[0]
-        inputs = judge.encode([build_context(task, layout, prompt, candidates[0], reference=reference)])
+        reference, candidate = groups[0][0], groups[0][1][0]
+        if ({None if r is None else r.layout for r, _ in groups} != {None if reference is None else reference.layout}
+                or {c.layout for _, cs in groups for c in cs} != {candidate.layout}):
+            raise LayoutMismatchError("the references or the candidates of one group have different token layouts")
+        inputs = judge.encode([build_context(task, layout, prompt, example[0], reference=example[1])])
         ids = inputs["input_ids"]
-        runs = _image_runs(ids[0], self.image_token_id)
-        if len(runs) != (2 if layout == "pairwise" else 1):
-            raise ValueError("unexpected number of images in the rendered context")
-        (shared, _), (split, split_end) = runs[0], runs[-1]
+        image_pos = (ids[0] == self.image_token_id).nonzero().flatten().tolist()
+        grids = inputs.get("image_grid_thw")
+        n_ref = 0 if reference is None else len(reference.features)
+        # every image must fit the rendered sequence: its token count and (Qwen) the grid positions follow
+        slots = [(r, n_ref, 0) for r, _ in groups if r is not None] + [
+            (c, len(image_pos) - n_ref, -1) for _, cs in groups for c in cs]
+        if any(len(e.features) != n or (grids is not None and not torch.equal(e.grid, grids[j])) for e, n, j in slots):
+            raise LayoutMismatchError("an image's token layout differs from the one rendered for its group")
+        shared, split = image_pos[0], image_pos[n_ref]
         if self.mrope:
             pos, _ = judge.backbone.model.get_rope_index(ids, mm_token_type_ids=inputs["mm_token_type_ids"],
-                                                   image_grid_thw=inputs["image_grid_thw"],
-                                                   attention_mask=inputs["attention_mask"])
+                                                   image_grid_thw=grids, attention_mask=inputs["attention_mask"])
         else:
             pos = torch.arange(ids.shape[1], device=ids.device)[None]
-        prompt_layers = self._extend(None, inputs, pos, 0, shared, **self._vision_kwargs(inputs, 0, shared, 1, None))
+        prompt_layers = self._extend(None, inputs, pos, 0, shared, **self._vision_kwargs(inputs, 0, shared, 1))
         out = []
         for reference, candidates in groups:
             layers = prompt_layers
             if reference is not None:
-                feats, grids = self._vision_features([reference])
-                if feats[0].shape[0] != runs[0][1] - runs[0][0]:
-                    raise ValueError("references of different sizes cannot share one token layout")
                 layers = self._extend(prompt_layers, inputs, pos, shared, split,
-                                      mm_encoder_outputs=self._encoder_outputs(feats),
-                                      **self._vision_kwargs(inputs, shared, split, 1, grids))
-            out.append(self._suffix(layers, inputs, pos, split, split_end - split, candidates, batch_size))
+                                      mm_encoder_outputs=self._encoder_outputs([reference.features]),
+                                      **self._vision_kwargs(inputs, shared, split, 1, [reference]))
+            out.append(self._suffix(layers, inputs, pos, split, candidates, batch_size))
+            self.scored += len(candidates)
         return out
 
-    def _suffix(self, layers: list, inputs: dict, pos: torch.Tensor, split: int, n_image_tokens: int,
-                candidates: Sequence[torch.Tensor], batch_size: int) -> torch.Tensor:
+    def _suffix(self, layers: list, inputs: dict, pos: torch.Tensor, split: int, candidates: Sequence[Encoded],
+                batch_size: int) -> torch.Tensor:
         judge, ids, out = self.judge, inputs["input_ids"], []
         length = ids.shape[1]
         for i in range(0, len(candidates), batch_size):
             chunk = candidates[i:i + batch_size]
-            feats, grids = self._vision_features(chunk)
-            if any(f.shape[0] != n_image_tokens for f in feats):
-                raise ValueError("candidates of different sizes cannot share one suffix")
             b = len(chunk)
             cache = DynamicCache(ddp_cache_data=[(k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1))
                                                  for k, v in layers])
             hidden = judge.backbone.model(
                 input_ids=ids[:, split:].expand(b, -1), attention_mask=torch.ones_like(ids).expand(b, length),
                 position_ids=self._positions(pos, split, length, b), past_key_values=cache, use_cache=True,
-                mm_encoder_outputs=self._encoder_outputs(feats),
-                **self._vision_kwargs(inputs, split, length, b, grids),
+                mm_encoder_outputs=self._encoder_outputs([c.features for c in chunk]),
+                **self._vision_kwargs(inputs, split, length, b, chunk),
             ).last_hidden_state
             out.append(judge.reward_from_scores(judge.head_scores(hidden[:, -1])))
         return torch.cat(out)

@@ -152,8 +152,10 @@ class Judge(JudgeModule):
             head = nn.Linear(hidden, 1)
             head.load_state_dict(load_file(path / VALUE_HEAD_FILE))
         judge = cls(model, AutoProcessor.from_pretrained(path), normalize=normalize, padding_side=padding_side,
-                    value_head=head)
-        return judge.to(device=device, dtype=dtype).eval()
+                    value_head=head).to(device=device, dtype=dtype).eval()
+        if head is None:
+            judge.check_head()
+        return judge
 
     def save_pretrained(self, path: str | os.PathLike, *, merge_adapter: bool = True) -> None:
         """Write the backbone (adapters merged into the weights, or the adapter alone), processor
@@ -213,16 +215,59 @@ class Judge(JudgeModule):
             v = self.value_head(h).float()
             return torch.cat([v, torch.zeros_like(v)], dim=1)
         head = self.backbone.get_output_embeddings()
+        if self.normalize == "vocab":
+            return self.scores_from_logits(head(h))
+        ids = torch.tensor(self.yes_ids + self.no_ids, device=h.device)
+        logits = h @ head.weight[ids].T
+        if getattr(head, "bias", None) is not None:
+            logits = logits + head.bias[ids]
+        return self._pool_answers(logits.float())
+
+    def scores_from_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """B×2 (yes, no) log-scores from full-vocabulary logits B×V."""
+        if self.normalize == "vocab":
+            return self._pool_answers(torch.log_softmax(logits.float(), dim=-1)[:, self.yes_ids + self.no_ids])
+        return self._pool_answers(logits[:, self.yes_ids + self.no_ids].float())
+
+    def _pool_answers(self, logits: torch.Tensor) -> torch.Tensor:
         n_yes = len(self.yes_ids)
-        if self.normalize == "yes_no":
-            ids = torch.tensor(self.yes_ids + self.no_ids, device=h.device)
-            logits = h @ head.weight[ids].T
-            if getattr(head, "bias", None) is not None:
-                logits = logits + head.bias[ids]
-        else:
-            logits = torch.log_softmax(head(h).float(), dim=-1)[:, self.yes_ids + self.no_ids]
-        logits = logits.float()
         return torch.stack([logits[:, :n_yes].logsumexp(1), logits[:, n_yes:].logsumexp(1)], dim=1)
+
+    @torch.no_grad()
+    def check_head(self) -> None:
+        """Refuse a model whose logits are not its LM head's output: `head_scores` applies only the
+        head's answer rows, so a family that soft-caps or scales logits after the head (PaliGemma's
+        final_logit_softcapping, Granite's logits_scaling, Cohere's logit_scale) would be judged on
+        numbers it never produces. One forward of the whole model on two tokens, the head's input
+        replaced by random hidden states sized to give answer logits of std 30, where such transforms
+        are far from the identity, compared with `head_scores` on the same states."""
+        head = self.backbone.get_output_embeddings()
+        rows = head.weight[self.yes_ids + self.no_ids].float()
+        g = torch.Generator().manual_seed(0)
+        hidden: list[torch.Tensor] = []
+
+        def substitute(module: nn.Module, args: tuple) -> tuple:
+            h = torch.randn(args[0].shape, generator=g)
+            h = h * (30.0 / (h @ rows.T.cpu()).std().clamp_min(1e-6))
+            hidden.append(h.to(args[0].device, args[0].dtype))
+            return (hidden[-1],)
+
+        ids = torch.tensor([[self.yes_ids[0], self.no_ids[0]]], device=self.device)
+        handle = head.register_forward_pre_hook(substitute)
+        try:
+            logits = self.backbone(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False).logits
+        finally:
+            handle.remove()
+        theirs, ours = self.scores_from_logits(logits[:, -1]), self.head_scores(hidden[0][:, -1])
+        # bfloat16 rounds each logit by up to ~0.4%; a cap or scale moves them by tens of percent
+        if (ours - theirs).abs().max() > 0.05 * theirs.abs().max():
+            cfg = self.backbone.config.get_text_config()
+            named = {k: getattr(cfg, k) for k in ("final_logit_softcapping", "logits_scaling", "logit_scale")
+                     if getattr(cfg, k, None) is not None}
+            raise ValueError(f"{type(self.backbone).__name__}: the model's logits are not its LM head's output "
+                             f"(transformed after the head{': ' + str(named) if named else ''}); the judge reads "
+                             "the answer rows of the head directly and would score other numbers than the model's "
+                             "own, so this family is not supported")
 
     def forward(self, inputs: dict[str, torch.Tensor], answer_positions: torch.Tensor | None = None,
                 lm_positions: tuple[torch.Tensor, torch.Tensor] | None = None

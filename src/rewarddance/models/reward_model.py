@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -23,8 +24,10 @@ import torch
 from ..context import LAYOUTS, Context, build_context, get_task
 from ..media import MediaError, broadcast, load_image, load_media
 from .checkpoint import CheckpointConfig, read_checkpoint_config, write_checkpoint_config
-from .fast import PrefixScorer, content_key
+from .fast import LayoutMismatchError, PrefixScorer
 from .judge import Judge
+
+logger = logging.getLogger(__name__)
 
 
 def load_judge(path: str | os.PathLike, config: CheckpointConfig, *, device: str = "cpu",
@@ -52,7 +55,8 @@ class RewardModel:
 
     `config.layout`: "pointwise" (prompt + candidate) or "pairwise" (prompt + reference as
     image 1 + candidate as image 2: r = P(candidate beats reference)). `fast`: shared-prefix
-    scoring where the family allows it (models/fast.py); `compile`: torch.compile the
+    scoring where the family allows it (models/fast.py; `prefix_scorer.scored` and `.fallbacks`
+    count the items it scored and those it left to the plain path); `compile`: torch.compile the
     language model (slow first call, faster after).
     """
 
@@ -165,14 +169,9 @@ class RewardModel:
         out: list[float | None] = [None] * len(items)
         plain: list[int] = []
         if self.prefix_scorer is not None and not task_obj.is_video:
-            by_prompt: dict[str, dict[bytes | None, list[int]]] = {}
-            for i, (p, c, r, k) in enumerate(items):
-                if k is not None or (r is not None and r.shape != c.shape):
-                    plain.append(i)  # condition images, or mixed sizes: no common token layout
-                else:
-                    by_prompt.setdefault(p, {}).setdefault(None if r is None else content_key(r), []).append(i)
-            for p, by_ref in by_prompt.items():
-                self._prefix_groups(task_obj, p, items, by_ref, batch_size, out)
+            plain = [i for i, item in enumerate(items) if item[3] is not None]  # condition images: plain
+            plain += self._score_prefix(task_obj, items, [i for i, item in enumerate(items) if item[3] is None],
+                                        batch_size, out)
         else:
             plain = list(range(len(items)))
         # length-aware batching: similar lengths together, so padding wastes little
@@ -183,20 +182,38 @@ class RewardModel:
                 out[i] = v
         return out  # type: ignore[return-value]
 
-    def _prefix_groups(self, task_obj: Any, prompt: str, items: list[tuple], by_ref: dict[Any, list[int]],
-                       batch_size: int, out: list) -> None:
-        """Score one prompt's candidates on the shared-prefix path into `out`: grouped by image size
-        (one token layout per size; references have their candidate's size), then by reference."""
-        by_shape: dict[tuple, dict[Any, list[int]]] = {}
-        for ref, idx in by_ref.items():
-            for i in idx:
-                by_shape.setdefault(tuple(items[i][1].shape), {}).setdefault(ref, []).append(i)
-        for groups_idx in by_shape.values():
-            groups = [(items[idx[0]][2], [items[i][1] for i in idx]) for idx in groups_idx.values()]
-            rewards = self.prefix_scorer.rewards(task_obj, self.layout, prompt, groups, batch_size)
-            for idx, r in zip(groups_idx.values(), rewards):
-                for i, v in zip(idx, r.tolist()):
+    def _score_prefix(self, task_obj: Any, items: list[tuple], idx: list[int], batch_size: int,
+                      out: list) -> list[int]:
+        """Score items `idx` on the shared-prefix path into `out`, grouped by prompt and by the token
+        layouts of reference and candidate, then by reference; returns the items left for the plain path."""
+        scorer = self.prefix_scorer
+        cand = dict(zip(idx, scorer.encode_images([items[i][1] for i in idx], batch_size)))
+        with_ref = [i for i in idx if items[i][2] is not None]
+        ref = dict(zip(with_ref, scorer.encode_images([items[i][2] for i in with_ref], batch_size)))
+        groups: dict[tuple, dict[bytes | None, list[int]]] = {}
+        for i in idx:
+            r = ref.get(i)
+            key = (items[i][0], None if r is None else r.layout, cand[i].layout)
+            groups.setdefault(key, {}).setdefault(None if r is None else r.key, []).append(i)
+        left: list[int] = []
+        for (prompt, _, _), by_ref in groups.items():
+            first = next(iter(by_ref.values()))[0]
+            try:
+                rewards = scorer.rewards(task_obj, self.layout, prompt, (items[first][1], items[first][2]),
+                                         [(ref.get(g[0]), [cand[i] for i in g]) for g in by_ref.values()],
+                                         batch_size)
+            except LayoutMismatchError as err:
+                fell = [i for g in by_ref.values() for i in g]
+                if scorer.fallbacks == 0:  # once per model: the plain path is correct, only slower
+                    logger.warning("shared-prefix scoring fell back to the plain path for %d item(s): %s",
+                                   len(fell), err)
+                scorer.fallbacks += len(fell)
+                left += fell
+                continue
+            for g, r in zip(by_ref.values(), rewards):
+                for i, v in zip(g, r.tolist()):
                     out[i] = v
+        return left
 
     # ------------------------------------------------------------------ public API
     def score(self, prompts: Sequence[str] | str, images: Sequence[Any] | Any, *, references: Any = None,
@@ -237,20 +254,39 @@ class RewardModel:
         cands, refs = self.pair_candidates(image_a, image_b, symmetric)
         return self.pair_probability(self.score(prompt, cands, references=refs, task=task, conditions=condition))
 
+    def win_matrix(self, prompt: str, images: Sequence[Any], *, task: str | None = None,
+                   condition: Any = None, batch_size: int = 16) -> torch.Tensor:
+        """n×n tensor of P(image i better than image j) (diagonal 0.5).
+
+        Pairwise: every ordered pair is judged (image j as reference, image i as candidate) and the
+        two orders of a pair are averaged, so position bias cancels. Pointwise: Bradley-Terry on
+        the n rewards (see `pair_probability`).
+        """
+        n = len(images)
+        if n < 2:
+            return torch.full((n, n), 0.5, dtype=torch.float64)
+        if self.layout == "pointwise":
+            r = torch.tensor(self.score(prompt, list(images), task=task, conditions=condition, batch_size=batch_size),
+                             dtype=torch.float64).clamp(1e-9, 1 - 1e-9)
+            return torch.sigmoid(torch.logit(r)[:, None] - torch.logit(r)[None, :])
+        pairs = [(i, j) for i in range(n) for j in range(n) if i != j]
+        p = self.score(prompt, [images[i] for i, _ in pairs], references=[images[j] for _, j in pairs], task=task,
+                       conditions=condition, batch_size=batch_size)
+        beats = torch.full((n, n), 0.5, dtype=torch.float64)
+        for (i, j), pij in zip(pairs, p):
+            beats[i, j] = pij
+        return (beats + 1.0 - beats.T) / 2.0
+
     def rank(self, prompt: str, images: Sequence[Any], *, task: str | None = None, condition: Any = None) -> list[int]:
         """Indices of `images`, best first (pointwise: by reward; pairwise: by total win probability)."""
         n = len(images)
+        if n == 0:
+            return []
         if self.layout == "pointwise" or n < 2:
-            wins = torch.tensor(self.score(prompt, list(images), task=task, conditions=condition)) if n else None
+            wins = torch.tensor(self.score(prompt, list(images), task=task, conditions=condition))
         else:
-            pairs = [(i, j) for i in range(n) for j in range(n) if i != j]
-            p = self.score(prompt, [images[i] for i, _ in pairs], references=[images[j] for _, j in pairs],
-                           task=task, conditions=condition)
-            wins = torch.zeros(n)
-            for (i, j), pij in zip(pairs, p):  # both orders of each pair: position bias cancels
-                wins[i] += pij
-                wins[j] += 1.0 - pij
-        return [] if n == 0 else torch.argsort(wins, descending=True, stable=True).tolist()
+            wins = self.win_matrix(prompt, images, task=task, condition=condition).sum(dim=1)
+        return torch.argsort(wins, descending=True, stable=True).tolist()
 
     def reward_fn(self, task: str | None = None, *, raw: bool = False) -> Callable[..., torch.Tensor]:
         """A differentiable reward for ReFL: fn(images, prompts, references=None) -> tensor of shape B.

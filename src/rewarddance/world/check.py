@@ -26,7 +26,7 @@ from PIL import Image
 from scipy import ndimage
 
 from .quality import quality_defects, quality_score
-from .scene import COLOURS, SIZES, Spec, parse_prompt
+from .scene import COLOURS, SIZES, Spec, article, parse_prompt
 
 _NAMES = list(COLOURS)
 _HUES = np.array([h for _, h in COLOURS.values()])
@@ -65,7 +65,7 @@ class CheckResult:
         """One sentence of what the image shows, for rationales."""
         if not self.detections:
             return "nothing recognisable"
-        return ", ".join(f"a {d.colour} {d.shape}" + (" cut off at the edge" if d.cropped else "")
+        return ", ".join(f"{article(d.colour)} {d.colour} {d.shape}" + (" cut off at the edge" if d.cropped else "")
                          for d in sorted(self.detections, key=lambda d: d.x))
 
 

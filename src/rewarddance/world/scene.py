@@ -33,6 +33,11 @@ _REL_TEXT = {"left of": "to the left of", "right of": "to the right of", "above"
 CATEGORIES = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
 
 
+def article(word: str) -> str:
+    """The indefinite article before `word` ("an orange", "a red"): the grammar's words sound as spelt."""
+    return "an" if word[0] in "aeiou" else "a"
+
+
 @dataclass(frozen=True)
 class Phrase:
     """"two red circles": count 2, colour "red" (None = any), shape "circle", size None = any."""
@@ -47,7 +52,7 @@ class Phrase:
         noun = self.shape if self.count == 1 else PLURALS[self.shape]
         head = " ".join(words + [noun])
         if self.count == 1:
-            return ("an " if head[0] in "aeiou" else "a ") + head
+            return f"{article(head)} {head}"
         return f"{NUMBER_WORDS[self.count]} {head}"
 
     def describe(self) -> str:
