@@ -11,7 +11,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH)
-	$(PY) -m pip install -q -c constraints.txt -e ".[train,test,bench]"
+	$(PY) -m pip install -q -c constraints.txt -e ".[train,eval,serve,test,bench]"
 	touch $@
 
 demo: setup

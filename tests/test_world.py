@@ -14,10 +14,11 @@ from PIL import Image
 
 from rewarddance.data import Record, read_manifest
 from rewarddance.world import COLOURS, SHAPES, Style, check, parse_prompt
-from rewarddance.world.dataset import HOLDOUT, build_world, preference
+from rewarddance.world.dataset import HOLDOUT, build_world, preference, rationale
 from rewarddance.world.defects import QUALITY_DEFECTS, apply_quality_defect
 from rewarddance.world.evalset import Case, balanced_cases, checker_metrics
 from rewarddance.world.render import OOD_BACKGROUNDS
+from rewarddance.world.scene import article
 from rewarddance.world.video import check_video, render_clip
 
 
@@ -117,34 +118,43 @@ def _independent_cases(rng, n, size=64):
         s1, s2 = rng.choice(SHAPES, 2, replace=False)
         r = size * rng.uniform(0.14, 0.2)
         if kind == 0:  # single object, colour / shape
-            prompt = f"{'an' if c1[0] in 'aeiou' else 'a'} {c1} {s1}"
-            objs = [(s1, c1, size / 2 + rng.uniform(-6, 6), size / 2 + rng.uniform(-6, 6), r)]
-            if i % 8 >= 4:
-                objs = [(s2 if rng.random() < 0.5 else s1, c2 if objs[0][0] == s1 else c1, *objs[0][2:])]
+            prompt = f"{article(c1)} {c1} {s1}"
+            x, y = size / 2 + rng.uniform(-6, 6), size / 2 + rng.uniform(-6, 6)
+            shape, colour = s1, c1
+            if i % 8 >= 4:  # the other shape or the other colour, never both
+                shape = s2 if rng.random() < 0.5 else s1
+                colour = c1 if shape == s2 else c2
+            objs = [(shape, colour, x, y, r)]
+            defect = "wrong_" + "+".join(w for w, drawn, asked in (("shape", shape, s1), ("colour", colour, c1))
+                                         if drawn != asked)
         elif kind == 1:  # counting
             k = int(rng.integers(2, 4))
             prompt = f"{['two', 'three'][k - 2]} {c1} {s1}{'es' if s1 == 'cross' else 's'}"
             cells = [(16, 16), (48, 16), (16, 48), (48, 48)]
             drawn = k if i % 8 < 4 else k + (1 if rng.random() < 0.5 else -1)
             objs = [(s1, c1, x * size / 64, y * size / 64, r * 0.8) for x, y in cells[:drawn]]
+            defect = "wrong_count"
         else:  # position
             rel = "to the left of" if kind == 2 else "above"
             a, b = (0.27 * size, 0.73 * size)
             swap = i % 8 >= 4
             pa, pb = (b, a) if swap else (a, b)
-            prompt = f"a {c1} {s1} {rel} a {c2} {s2}"
+            prompt = f"{article(c1)} {c1} {s1} {rel} {article(c2)} {c2} {s2}"
             if kind == 2:
                 objs = [(s1, c1, pa, size / 2, r), (s2, c2, pb, size / 2 + 3, r)]
             else:
                 objs = [(s1, c1, size / 2, pa, r), (s2, c2, size / 2 + 3, pb, r)]
+            defect = "swapped_position"
         truth = i % 8 < 4
         cases.append(Case(_draw(rng, objs, size), prompt, truth, ["colors", "counting", "position", "position"][kind],
-                          "clean" if truth else "independent"))
+                          "clean" if truth else defect))
     return cases
 
 
 def test_checker_accuracy_on_independent_drawings():
     cases = _independent_cases(np.random.default_rng(15), 240)
+    negatives = {c.kind for c in cases if not c.expected}
+    assert negatives == {"wrong_shape", "wrong_colour", "wrong_count", "swapped_position"}, negatives
     _assert_targets(checker_metrics(cases), 0.95)
 
 
@@ -158,6 +168,15 @@ def test_check_contract_and_any_image_type(tmp_path):
         assert r.passed and r.score == 1.0 and all(isinstance(t, str) and h for t, h in r.constraints)
     r = check(img, "two blue squares")
     assert not r.passed and 0 <= r.score < 1
+
+
+def test_rationales_use_the_grammars_article():
+    """'an orange circle', never 'a orange circle': the checker's summary (and so every rationale) says
+    what the grammar says."""
+    img = _draw(np.random.default_rng(0), [("circle", "orange", 18, 32, 11), ("square", "red", 46, 32, 11)])
+    r = check(img, "an orange circle")
+    assert r.summary() == "an orange circle, a red square"
+    assert "Image A shows an orange circle, a red square;" in rationale("an orange circle", r, r, "tie")
 
 
 def test_quality_score_falls_with_severity():

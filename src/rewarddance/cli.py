@@ -1,10 +1,16 @@
-"""The `rewarddance` command: init-model, score, train, data world.
+"""The `rewarddance` command: init-model, score, eval, references, train, pretrain, data.
 
     rewarddance init-model --arch qwen2_5_vl --size tiny --out models/tiny
     rewarddance score --model models/tiny --prompt "a red circle" a.png b.png
     rewarddance score --model models/tiny --input pairs.jsonl --output scores.jsonl
+    rewarddance eval --model runs/judge/final --data data/world/test.jsonl --json runs/eval.json
+    rewarddance references --model runs/judge/final --input candidates.jsonl --out references.jsonl
     rewarddance train data=data/world/train.jsonl eval_data=data/world/test.jsonl max_minutes=15
     rewarddance data world --out data/world --n 2000
+    rewarddance data convert --from imagereward test.json --out data/imagereward
+
+`score --input` and `eval` run data-parallel under torchrun:
+    torchrun --standalone --nproc_per_node 2 -m rewarddance.cli eval --model M --data F --json OUT
 
 Exit codes: 0 ok, 1 some rows or images failed, 2 usage error. User errors print one
 line, never a traceback.
@@ -26,11 +32,17 @@ def _quiet_transformers() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
+DTYPES = ("float32", "bfloat16", "float16")
+
+
 def _load_model(spec: str, args: argparse.Namespace):
+    import torch
+
     import rewarddance as rd
 
     overrides = {"layout": args.layout} if getattr(args, "layout", None) else {}
-    return rd.load(spec, **overrides)
+    dtype = getattr(args, "dtype", None)
+    return rd.load(spec, dtype=getattr(torch, dtype) if dtype else None, **overrides)
 
 
 # ------------------------------------------------------------------ init-model
@@ -117,7 +129,56 @@ def score_images(rm, args: argparse.Namespace) -> int:
     return EXIT_ROWS_FAILED if failed else EXIT_OK
 
 
+# ------------------------------------------------------------------ eval, references
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .evaluate.report import markdown_table
+    from .recipes.evaluate_rm import StrictStop, evaluate
+
+    _quiet_transformers()
+    for path in args.data:
+        if not Path(path).exists():
+            raise UsageError(f"{path}: data file not found")
+    rm = _load_model(args.model, args)
+    try:
+        result = evaluate(rm, args.data, format=args.format, images=args.images, json_out=args.json,
+                          strict=args.strict, batch_size=args.batch_size, task=args.task,
+                          calibration_split=args.calibration_split, model_name=args.model)
+    except StrictStop as e:
+        print(f"rewarddance eval: stopped: {e}", file=sys.stderr)
+        return EXIT_ROWS_FAILED
+    if result is None:  # a non-zero rank of a data-parallel run: rank 0 reports
+        return EXIT_OK
+    print(markdown_table(result))
+    if args.json:
+        print(f"wrote {args.json}, {Path(args.json).with_suffix('.md')}", file=sys.stderr)
+    return EXIT_ROWS_FAILED if result.get("n_rows_failed") else EXIT_OK
+
+
+def cmd_references(args: argparse.Namespace) -> int:
+    from .evaluate.references import select_references
+
+    _quiet_transformers()
+    if not Path(args.input).exists():
+        raise UsageError(f"{args.input}: candidates file not found")
+    rm = _load_model(args.model, args)
+    done, skipped = select_references(rm, args.input, args.out, n=args.n, task=args.task, strict=args.strict,
+                                      batch_size=args.batch_size)
+    print(f"chose references for {done} prompts ({skipped} rows skipped) -> {args.out}", file=sys.stderr)
+    return EXIT_ROWS_FAILED if skipped else EXIT_OK
+
+
 # ------------------------------------------------------------------ data
+def cmd_data_convert(args: argparse.Namespace) -> int:
+    from .data.benchmarks import convert
+
+    if not Path(args.input).exists():
+        raise UsageError(f"{args.input}: file not found")
+    counts = convert(args.source, args.input, args.out, images=args.images)
+    for name, n in counts.items():
+        print(f"{n:7d}  {Path(args.out) / name}")
+    return EXIT_OK
+
+
 def cmd_data_world(args: argparse.Namespace) -> int:
     from .world.dataset import build_world
 
@@ -156,6 +217,7 @@ class UsageError(Exception):
 
 def build_parser() -> argparse.ArgumentParser:
     from .context import LAYOUTS
+    from .data.benchmarks import FORMATS as BENCHMARK_FORMATS
     from .models.presets import ARCHS, SIZES
 
     p = argparse.ArgumentParser(prog="rewarddance", description="Generative reward models for image/video generation")
@@ -183,7 +245,36 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write each judgment's reason (generated after the judgment token; CoT-trained judges)")
     q.add_argument("--batch-size", type=int, default=16)
     q.add_argument("images", nargs="*")
+    q.add_argument("--dtype", default=None, choices=DTYPES, help="weights dtype (default: rewarddance.default_dtype)")
     q.set_defaults(func=cmd_score)
+
+    q = sub.add_parser("eval", help="evaluate a reward model on preference data (manifests or public benchmarks)")
+    q.add_argument("--model", required=True, help="checkpoint directory or preset name")
+    q.add_argument("--data", required=True, action="append", help="data file (repeatable)")
+    q.add_argument("--format", default=None, choices=BENCHMARK_FORMATS,
+                   help="a public benchmark's format (default: detected from the file; JSONL manifests otherwise)")
+    q.add_argument("--images", default=None, help="root folder of the benchmark's images (default: beside the file)")
+    q.add_argument("--json", default=None, help="write the result here (+ .md table and -reliability.png beside it)")
+    q.add_argument("--task", default=None, help="task for rows that name none (default: the model's)")
+    q.add_argument("--layout", default=None, choices=LAYOUTS, help="override the checkpoint's layout")
+    q.add_argument("--calibration-split", default=None,
+                   help="benchmarks with a tie threshold: the split it is chosen on (reported on the others)")
+    q.add_argument("--strict", action="store_true", help="stop at the first bad row")
+    q.add_argument("--batch-size", type=int, default=16)
+    q.add_argument("--dtype", default=None, choices=DTYPES, help="weights dtype (default: rewarddance.default_dtype)")
+    q.set_defaults(func=cmd_eval)
+
+    q = sub.add_parser("references", help="choose each prompt's reference by Best-of-N win counts")
+    q.add_argument("--model", required=True, help="a (pairwise) judge: checkpoint directory or preset name")
+    q.add_argument("--input", required=True, help='candidates JSONL: {"prompt", "image"[, "id"]}, several per prompt')
+    q.add_argument("--out", required=True, help="references JSONL to write")
+    q.add_argument("--n", type=int, default=None, help="use the first N candidates of each prompt (default: all)")
+    q.add_argument("--task", default=None)
+    q.add_argument("--layout", default=None, choices=LAYOUTS, help="override the checkpoint's layout")
+    q.add_argument("--strict", action="store_true", help="stop at the first bad row")
+    q.add_argument("--batch-size", type=int, default=16)
+    q.add_argument("--dtype", default=None, choices=DTYPES, help="weights dtype (default: rewarddance.default_dtype)")
+    q.set_defaults(func=cmd_references)
 
     from .config import describe
     from .recipes.train_rm import TrainConfig
@@ -218,6 +309,13 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--n-test", type=int, default=None, help="held-out pairs (default max(400, n/5))")
     w.add_argument("--n-video", type=int, default=None, help="video training pairs (default max(40, n/10))")
     w.set_defaults(func=cmd_data_world)
+    c = dsub.add_parser("convert", help="a public benchmark's file -> this project's manifests")
+    c.add_argument("--from", dest="source", default=None, choices=BENCHMARK_FORMATS,
+                   help="its format (default: detected from the file)")
+    c.add_argument("input")
+    c.add_argument("--out", required=True)
+    c.add_argument("--images", default=None, help="root folder of its images (default: beside the file)")
+    c.set_defaults(func=cmd_data_convert)
     return p
 
 

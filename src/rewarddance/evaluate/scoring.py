@@ -1,88 +1,212 @@
-"""Scoring a manifest (design.md's JSONL records) with a reward model, resumably, row errors kept.
+"""Scoring records (design.md's manifests, or a public benchmark's pairs) with a reward model:
+resumable, row errors kept, data-parallel under torchrun.
 
-Used by `rewarddance score --input`, the demo and the evaluator, as a function.
+Used by `rewarddance score --input`, `rewarddance eval`, the demo and the training recipe's
+held-out check, as functions.
 
 Example:
     >>> import rewarddance as rd
     >>> from rewarddance.evaluate import score_manifest
     >>> score_manifest(rd.load("qwen2_5_vl-tiny"), "pairs.jsonl", "scores.jsonl")   # doctest: +SKIP
     (12, 0)
+
+Output rows (JSONL, input order): `key`, `line`, `id` (when the row has one), `model` (the
+fingerprint of the weights, dtype and scoring settings that wrote the row), and
+- pairwise rows: `p_b_better` = P(image_b better than image_a) and `p_b_better_orders`, the two
+  readings it averages (B as image 2, then B as image 1 with the answer flipped: a pairwise
+  judge's position bias shows as their disagreement);
+- single-image rows: `reward`;
+- rows that failed: `error` (one line naming the row and the problem); a re-run retries them.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 from tqdm import tqdm
 
-from ..data import RecordError, read_manifest
+from ..data import Record, RecordError, read_manifest
 from ..media import MediaError
 from ..models.reward_model import RewardModel
+from .metrics import accuracy
+
+log = logging.getLogger(__name__)
+
+# What a processor or the model raises for one bad input that loaded fine (a size the processor
+# refuses, a tensor shape the model cannot take): the batch is re-scored row by row, so only the
+# bad row fails. Anything else (KeyboardInterrupt, MemoryError) stops the job.
+ROW_ERRORS = (MediaError, ValueError, RuntimeError, TypeError, IndexError)
 
 
-def _done_keys(output: Path) -> dict[str, str]:
-    """Rows of an earlier run that succeeded, by key (rows with an error are retried)."""
-    done: dict[str, str] = {}
-    if output.exists():
-        for text in output.read_text().splitlines():
-            try:
-                row = json.loads(text)
-            except json.JSONDecodeError:
-                continue  # a line cut off by a crash: that row is scored again
-            if "error" not in row and "key" in row:
-                done[row["key"]] = text
+class ScoreFileMismatch(ValueError):
+    """An output file written by another model (or dtype / task): resuming into it would mix scores."""
+
+
+# ------------------------------------------------------------------ model fingerprint
+_FINGERPRINTS: dict[tuple, str] = {}
+
+
+def model_fingerprint(rm: RewardModel, task: str | None = None) -> str:
+    """A short hash of everything a score depends on: the weights' bytes, their dtype, the judge's
+    kind (objective, layout, normalize) and the task it is asked. Cached per weights state."""
+    judge = rm.judge
+    settings = (rm.config.objective, rm.layout, rm.config.normalize, task or rm.task, str(rm.dtype))
+    key = (id(judge), judge.state(), settings)
+    if key not in _FINGERPRINTS:
+        h = hashlib.blake2b(repr(settings).encode(), digest_size=8)
+        for name, p in judge.state_dict().items():
+            t = p.detach().to("cpu").contiguous()
+            h.update(name.encode())
+            h.update((t.view(torch.int16) if t.dtype == torch.bfloat16 else t).numpy().tobytes())
+        _FINGERPRINTS[key] = h.hexdigest()
+    return _FINGERPRINTS[key]
+
+
+# ------------------------------------------------------------------ data parallel
+def shard_info() -> tuple[int, int]:
+    """(rank, world size) under torchrun (joining its gloo/nccl group), else (0, 1)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def _part_path(output: Path, rank: int) -> Path:
+    return output.with_name(f"{output.name}.rank{rank}")
+
+
+def read_rows(paths: Iterable[Path]) -> list[dict[str, Any]]:
+    """Rows of earlier runs (a line cut off by a crash is skipped: that row is scored again)."""
+    rows = []
+    for path in paths:
+        if path.exists():
+            for text in path.read_text().splitlines():
+                try:
+                    rows.append(json.loads(text))
+                except json.JSONDecodeError:
+                    continue
+    return rows
+
+
+def _finished(rows: list[dict[str, Any]], fingerprint: str, output: Path) -> dict[str, dict]:
+    """Rows that succeeded, by key; refuses rows another model wrote."""
+    done = {}
+    for row in rows:
+        if "key" not in row or "error" in row:
+            continue  # failed rows are retried
+        if row.get("model") != fingerprint:
+            raise ScoreFileMismatch(
+                f"{output}: row {row['key']!r} was scored by another model or setting (fingerprint "
+                f"{row.get('model', 'none')}, this model {fingerprint}); refusing to resume into it. Use another "
+                f"--output, or delete the file to score again")
+        done[row["key"]] = row
     return done
 
 
-def score_manifest(rm: RewardModel, input: str | os.PathLike, output: str | os.PathLike, *, task: str | None = None, strict: bool = False,
-                   batch_size: int = 16, progress: bool = True) -> tuple[int, int]:
-    """Score every row of a manifest into `output` (JSONL, one line per input row, written as it goes).
-
-    Pairwise rows get `p_b_better` = P(image_b better than image_a); pointwise rows `reward`.
-    A re-run keeps finished rows and scores the rest. Returns (rows ok, rows failed).
-    """
-    input, output = Path(input), Path(output)
+# ------------------------------------------------------------------ scoring to a file
+def score_manifest(rm: RewardModel, input: str | os.PathLike, output: str | os.PathLike, *, task: str | None = None,
+                   strict: bool = False, batch_size: int = 16, progress: bool = True) -> tuple[int, int]:
+    """Score every row of a manifest into `output`; see `score_to_file`. Returns (rows ok, rows failed)."""
+    input = Path(input)
     if not input.exists():
         raise FileNotFoundError(f"{input}: manifest not found")
-    done = _done_keys(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_suffix(output.suffix + ".tmp")
-    tmp.write_text("".join(t + "\n" for t in done.values()))
-    os.replace(tmp, output)  # keep only finished rows, atomically
-    records = list(read_manifest(input))
-    ok, failed = len([r for r in records if getattr(r, "key", None) in done]), 0
-    todo = [r for r in records if getattr(r, "key", None) not in done]
-    with output.open("a") as out, tqdm(total=len(todo), desc="scoring", unit="row", disable=not progress,
-                                      file=sys.stderr) as bar:
-        def emit(row: dict[str, Any]) -> None:
-            out.write(json.dumps(row) + "\n")
-            out.flush()
+    return score_to_file(rm, list(read_manifest(input)), output, task=task, strict=strict, batch_size=batch_size,
+                         progress=progress)
 
+
+def score_to_file(rm: RewardModel, records: list[Record | RecordError], output: str | os.PathLike, *,
+                  task: str | None = None, strict: bool = False, batch_size: int = 16, progress: bool = True
+                  ) -> tuple[int, int]:
+    """Score `records` into `output` (JSONL, one row per record, in input order at the end).
+
+    Resumable: rows already in `output` (or in the per-rank files `output.rankN` a data-parallel
+    run left behind) are kept if they succeeded and the same model wrote them; the rest are scored.
+    Rows are written and flushed batch by batch, so a crash loses at most one batch.
+    Under torchrun each rank scores every world-size-th remaining row into its own file; rank 0
+    merges them in input order. Returns (rows ok, rows failed) over all records.
+    """
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fingerprint = model_fingerprint(rm, task)
+    rank, world = shard_info()
+    parts = sorted(output.parent.glob(f"{output.name}.rank*"))
+    done = _finished(read_rows([output, *parts]), fingerprint, output)
+    _barrier(world)  # every rank has read the same finished rows before anyone writes
+    todo = [r for r in records if r.key not in done][rank::world]
+    mine = output if world == 1 else _part_path(output, rank)
+    if world == 1 and output.exists():  # keep only finished rows, atomically, then append
+        _atomic_write(output, done.values())
+    n_bad = 0
+    with mine.open("a") as out, tqdm(total=len(todo), desc="scoring" if world == 1 else f"scoring (rank {rank})",
+                                     unit="row", disable=not progress or rank != 0, file=sys.stderr) as bar:
         for i in range(0, len(todo), batch_size):
-            chunk = todo[i:i + batch_size]
-            rows = score_records(rm, chunk, task=task, batch_size=batch_size, strict=strict)
+            rows = score_records(rm, todo[i:i + batch_size], task=task, batch_size=batch_size, strict=strict,
+                                 fingerprint=fingerprint)
             for row in rows:
-                emit(row)
+                out.write(json.dumps(row) + "\n")
                 if "error" in row:
                     print(f"error: {row['error']}", file=sys.stderr)
-            n_bad = sum("error" in r for r in rows)
-            ok, failed = ok + len(rows) - n_bad, failed + n_bad
+            out.flush()
+            n_bad += sum("error" in r for r in rows)
             bar.update(len(rows))
             if strict and n_bad:
                 break
-    return ok, failed
+    if world > 1:
+        print(f"rank {rank}/{world}: scored {len(todo)} rows ({n_bad} failed)", file=sys.stderr)
+    _barrier(world)
+    if rank == 0:
+        _merge(records, output, fingerprint)
+    _barrier(world)
+    rows = read_rows([output])
+    failed = sum("error" in r for r in rows)
+    return len(rows) - failed, failed
 
 
+def _atomic_write(path: Path, rows: Iterable[dict[str, Any]]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    os.replace(tmp, path)
+
+
+def _merge(records: list[Record | RecordError], output: Path, fingerprint: str) -> None:
+    """All rows of `output` and the per-rank files, one per record (a success wins over an error),
+    in input order, written atomically; the per-rank files are removed after."""
+    parts = sorted(output.parent.glob(f"{output.name}.rank*"))
+    best: dict[str, dict] = {}
+    for row in read_rows([output, *parts]):
+        key = row.get("key")
+        if key is not None and (key not in best or "error" in best[key]):
+            best[key] = row
+    _finished(list(best.values()), fingerprint, output)  # never merge another model's rows
+    _atomic_write(output, (best[r.key] for r in records if r.key in best))
+    for p in parts:
+        p.unlink()
+
+
+# ------------------------------------------------------------------ scoring in memory
 def score_records(rm: RewardModel, records: list[Any], *, task: str | None = None, batch_size: int = 16,
-                  strict: bool = False) -> list[dict[str, Any]]:
-    """One result row per record, in order: `p_b_better` (pairwise rows: P(image_b better than image_a)),
-    `reward` (single-image rows) or `error` (a RecordError, or media that failed to load). With
-    `strict`, rows after the first bad one are not scored (rows before it are)."""
+                  strict: bool = False, fingerprint: str | None = None) -> list[dict[str, Any]]:
+    """One result row per record, in order (see the module docstring for the fields). A record that
+    cannot be loaded gets an `error` row; if scoring a batch fails, its rows are scored one by one
+    so that only the bad ones fail. With `strict`, rows after the first bad one are not scored."""
     built, errors = [], {}
     for rec in records:
         try:
@@ -90,20 +214,51 @@ def score_records(rm: RewardModel, records: list[Any], *, task: str | None = Non
                 raise rec
             built.append((rec, *_record_items(rm, rec, task)))
         except (MediaError, ValueError) as e:
-            errors[id(rec)] = {"key": getattr(rec, "key", ""), "line": rec.line, "error": str(e)}
+            errors[id(rec)] = _error_row(rec, e)
             if strict:
                 break
     scored = {}
-    for (rec, _, _), r in zip(built, _score_built(rm, built, batch_size)):
+    try:
+        results = _score_built(rm, built, batch_size)
+    except ROW_ERRORS as batch_error:
+        log.warning("a batch of %d rows failed (%s); scoring its rows one by one", len(built), batch_error)
+        results = []
+        for b in built:
+            try:
+                results.append(_score_built(rm, [b], batch_size)[0])
+            except ROW_ERRORS as e:
+                results.append(e)
+    for (rec, _, _), r in zip(built, results):
+        if isinstance(r, Exception):
+            errors[id(rec)] = _error_row(rec, r)
+            continue
         row = {"key": rec.key, "line": rec.line}
         if "id" in rec.raw:
             row["id"] = rec.raw["id"]
+        if fingerprint:
+            row["model"] = fingerprint
         if rec.kind == "pairwise":
             row["p_b_better"] = rm.pair_probability(r)  # items were built for (b, a)
+            row["p_b_better_orders"] = _order_readings(rm, r)
         else:
             row["reward"] = r[0]
         scored[id(rec)] = row
     return [scored.get(id(r)) or errors[id(r)] for r in records if id(r) in scored or id(r) in errors]
+
+
+def _error_row(rec: Any, e: Exception) -> dict[str, Any]:
+    message = str(e)
+    where = f"{getattr(rec, 'key', '')} (line {rec.line})"
+    return {"key": getattr(rec, "key", ""), "line": rec.line,
+            "error": message if isinstance(e, RecordError) else f"{where}: {type(e).__name__}: {message}"}
+
+
+def _order_readings(rm: RewardModel, rewards: list[float]) -> list[float]:
+    """P(B better) read in each order: [B as image 2, B as image 1]. A pointwise judge has no order."""
+    if rm.layout == "pointwise":
+        p = rm.pair_probability(rewards)
+        return [p, p]
+    return [rewards[0], 1.0 - rewards[1]]
 
 
 def pairwise_accuracy(rows: list[dict[str, Any]], records: list[Any], by: tuple[str, ...] = ("split",)
@@ -112,20 +267,19 @@ def pairwise_accuracy(rows: list[dict[str, Any]], records: list[Any], by: tuple[
     wrong): `accuracy` overall, `accuracy_<value>` per value of each record field in `by`
     (`accuracy_id`, `accuracy_ood` for splits), and their counts `n`, `n_<value>`."""
     by_key = {r.key: r for r in records if not isinstance(r, RecordError)}
-    hits: dict[str, list[bool]] = {}
+    groups: dict[str, tuple[list[float], list[str]]] = {}
     for row in rows:
         rec = by_key.get(row.get("key"))
         if rec is None or "p_b_better" not in row or rec.label not in ("a", "b"):
             continue
-        p = row["p_b_better"]
-        ok = (p > 0.5) if rec.label == "b" else (p < 0.5)
-        hits.setdefault("", []).append(ok)
-        for field in by:
-            if rec.raw.get(field) is not None:
-                hits.setdefault(f"_{rec.raw[field]}", []).append(ok)
+        names = [""] + [f"_{rec.raw[f]}" for f in by if rec.raw.get(f) is not None]
+        for name in names:
+            p, labels = groups.setdefault(name, ([], []))
+            p.append(1.0 - row["p_b_better"])
+            labels.append(rec.label)
     out: dict[str, Any] = {}
-    for name, h in sorted(hits.items()):
-        out[f"accuracy{name}"], out[f"n{name}"] = sum(h) / len(h), len(h)
+    for name, (p, labels) in sorted(groups.items()):
+        out[f"accuracy{name}"], out[f"n{name}"] = accuracy(p, labels)
     return out
 
 

@@ -1,8 +1,9 @@
 """Build ShapeWorld datasets in the project's manifest format (JSONL + PNG files).
 
 `build_world(out, n, seed)` writes train.jsonl (n pairwise records), test.jsonl (clean
-labels, "id" / "ood" splits), pointwise-train/test.jsonl, references.jsonl, pretrain.jsonl
-and datasheet.md; `video=True` adds video-train/test.jsonl. Deterministic for a seed.
+labels, "id" / "ood" splits), pointwise-train/test.jsonl, references.jsonl (the checker's best of
+N candidates per prompt) with candidates.jsonl (those N candidates, each with the checker's
+verdict), pretrain.jsonl and datasheet.md; `video=True` adds video-train/test.jsonl. Deterministic for a seed.
 
 Out of domain (never in train): some colour×shape combinations (HOLDOUT), counts of four,
 and the shifted rendering style (outlined, rotated, other backgrounds).
@@ -26,7 +27,8 @@ from tqdm import tqdm
 from .check import CheckResult, check
 from .defects import CONTENT_DEFECTS, QUALITY_DEFECTS, apply_content_defect, apply_quality_defect
 from .render import ID_BACKGROUNDS, OOD_BACKGROUNDS, Style, render
-from .scene import CATEGORIES, COLOURS, SHAPES, Obj, Phrase, Scene, Spec, parse_prompt, random_spec, sample_scene
+from .scene import (CATEGORIES, COLOURS, SHAPES, Obj, Phrase, Scene, Spec, article, parse_prompt, random_spec,
+                    sample_scene)
 
 # One held-out shape per colour: these combinations appear only in OOD test data.
 HOLDOUT = {(c, SHAPES[(2 * i + 1) % len(SHAPES)]) for i, c in enumerate(COLOURS)}
@@ -198,19 +200,26 @@ def build_world(out: str | Path, n: int = 2000, *, seed: int = 0, size: int = 64
         bar.update()
     bar.close()
 
-    refs = []
+    # references: the checker's best of N candidates per held-out ID prompt; the candidates are
+    # written too, so that a judge's Best-of-N choice (`rewarddance references`) can be checked
+    refs, candidates = [], []
     for k, prompt in enumerate(sorted({r["prompt"] for r in test if r["split"] == "id"})[:200]):
         spec = parse_prompt(prompt)
         cands = [make_sample(rng, spec, Style(), size, positive=rng.random() < 0.5) for _ in range(n_candidates)]
         keyed = [(c.result.score, c.result.quality) for c in cands]
         best = max(range(n_candidates), key=lambda j: keyed[j])
-        refs.append({"id": f"ref-{k:06d}", "prompt": prompt, "image": w.save(cands[best].image, f"ref-{k:06d}"),
+        paths = [w.save(c.image, f"ref-{k:06d}-c{j}") for j, c in enumerate(cands)]
+        candidates += [{"id": f"ref-{k:06d}-c{j}", "prompt": prompt, "image": path, "group": f"ref-{k:06d}",
+                        "passed": bool(c.result.passed), "score": round(float(c.result.score), 4),
+                        "quality": round(c.result.quality, 4)} for j, (c, path) in enumerate(zip(cands, paths))]
+        refs.append({"id": f"ref-{k:06d}", "prompt": prompt, "image": paths[best],
                      "n_candidates": n_candidates, "scores": [round(s, 4) for s, _ in keyed],
                      "qualities": [round(q, 4) for _, q in keyed], "split": "id"})
 
     pretrain = _pretrain(rng, w, size)
     files = {"train.jsonl": train, "test.jsonl": test, "pointwise-train.jsonl": pw_train,
-             "pointwise-test.jsonl": pw_test, "references.jsonl": refs, "pretrain.jsonl": pretrain}
+             "pointwise-test.jsonl": pw_test, "references.jsonl": refs, "candidates.jsonl": candidates,
+             "pretrain.jsonl": pretrain}
     if video:
         from .video import build_video_records
 
@@ -310,9 +319,6 @@ def _yes_no_qa(rng: np.random.Generator, scene: Scene) -> list[dict[str, str]]:
     o = scene.objects[int(rng.integers(len(scene.objects)))]
     absent = [(c, s) for c in COLOURS for s in SHAPES if (c, s) not in present]
     c, s = absent[int(rng.integers(len(absent)))]
-    def article(word: str) -> str:
-        return "an" if word[0] in "aeiou" else "a"
-
     qa = [{"question": f"Is there {article(o.colour)} {o.colour} {o.shape} in the image?", "answer": "yes"},
           {"question": f"Is there {article(c)} {c} {s} in the image?", "answer": "no"}]
     return [qa[i] for i in rng.permutation(2)]

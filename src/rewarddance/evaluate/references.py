@@ -1,0 +1,120 @@
+"""References by Best-of-N win counts (method.md §2-3: the paper's reference selection).
+
+For one prompt, its N candidate images are compared all-pairs with the judge (both orders, so
+position bias cancels); the candidate that wins the most comparisons becomes the prompt's
+reference, ties broken by total win probability.
+
+Example:
+    >>> import rewarddance as rd
+    >>> from rewarddance.evaluate.references import best_of_n
+    >>> pick = best_of_n(rd.load("judge/final"), "a red circle", ["c0.png", "c1.png", "c2.png"])  # doctest: +SKIP
+    >>> pick.index, pick.wins                                                                   # doctest: +SKIP
+    (2, 2.0)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from tqdm import tqdm
+
+from ..data.records import RecordError, read_jsonl
+from ..media import MediaError, load_image
+from ..models.reward_model import RewardModel
+
+
+@dataclass
+class Selection:
+    index: int               # the winner among the candidates
+    wins: float              # its win count (a comparison at exactly 0.5 counts half to each side)
+    win_probability: float   # its summed P(beats the other), the tie-breaker
+    runner_up: int | None    # the second best, None with one candidate
+    order: list[int]         # all candidates, best first
+
+
+def win_counts(win: torch.Tensor) -> torch.Tensor:
+    """Wins per candidate from an n×n matrix of P(i beats j): i wins a comparison when P > 0.5."""
+    beats = (win > 0.5).double() + 0.5 * (win == 0.5).double()
+    beats.fill_diagonal_(0.0)
+    return beats.sum(dim=1)
+
+
+def select(win: torch.Tensor) -> Selection:
+    """The Best-of-N choice from a win-probability matrix: most wins, then most total win probability."""
+    n = win.shape[0]
+    wins = win_counts(win)
+    prob = (win.sum(dim=1) - win.diagonal()).tolist()
+    order = sorted(range(n), key=lambda i: (-wins[i].item(), -prob[i], i))
+    return Selection(order[0], wins[order[0]].item(), prob[order[0]], order[1] if n > 1 else None, order)
+
+
+def best_of_n(rm: RewardModel, prompt: str, images: Sequence[Any], *, task: str | None = None,
+              batch_size: int = 16) -> Selection:
+    """The reference for `prompt` among `images` (paths, PIL images, arrays or tensors) by Best-of-N
+    win counts under `rm`. Used by `rewarddance references` and the RL recipes."""
+    if not len(images):
+        raise ValueError(f"prompt {prompt!r}: no candidates to choose a reference from")
+    with torch.inference_mode():
+        return select(rm.win_matrix(prompt, list(images), task=task, batch_size=batch_size))
+
+
+def select_references(rm: RewardModel, input: str | os.PathLike, output: str | os.PathLike, *,
+                      n: int | None = None, task: str | None = None, batch_size: int = 16, strict: bool = False,
+                      progress: bool = True) -> tuple[int, int]:
+    """Read candidate rows (`{"prompt", "image"}`, optional `id`; several per prompt), choose each
+    prompt's reference among its first `n` candidates (all when None), write reference rows
+    (`id`, `prompt`, `image`, `n_candidates`, `wins`, `runner_up`, and `candidate`: the winner's id
+    or row) to `output`. Bad rows and unreadable images are reported and skipped (with `strict`,
+    the first one stops the job). Returns (prompts done, rows skipped)."""
+    input, output = Path(input), Path(output)
+    if not input.exists():
+        raise FileNotFoundError(f"{input}: candidates file not found")
+    groups: dict[str, list[tuple[str, Any]]] = {}
+    skipped = 0
+
+    def skip(message: str) -> None:
+        nonlocal skipped
+        skipped += 1
+        print(f"skipped: {message}", file=sys.stderr)
+        if strict:
+            raise ValueError(f"{message} (--strict)")
+
+    for item in read_jsonl(input):
+        if isinstance(item, RecordError):
+            skip(str(item))
+            continue
+        line, row = item
+        if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) or not row["prompt"].strip() \
+                or not isinstance(row.get("image"), str):
+            skip(f"{input}:{line}: a candidate row needs a non-empty 'prompt' and an 'image' path")
+            continue
+        path = Path(row["image"])
+        path = path if path.is_absolute() else input.parent / path
+        try:
+            image = load_image(path)
+        except MediaError as e:
+            skip(f"{input}:{line}: {e}")
+            continue
+        group = groups.setdefault(row["prompt"].strip(), [])
+        if n is None or len(group) < n:
+            group.append((str(row.get("id", f"line {line}")), image, path))
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(output.name + ".tmp")
+    with tmp.open("w") as out:
+        for k, (prompt, cands) in enumerate(tqdm(groups.items(), desc="references", unit="prompt",
+                                                  disable=not progress, file=sys.stderr)):
+            pick = best_of_n(rm, prompt, [image for _, image, _ in cands], task=task, batch_size=batch_size)
+            cid, _, path = cands[pick.index]
+            out.write(json.dumps({
+                "id": f"ref-{k:06d}", "prompt": prompt, "image": os.path.relpath(path, output.parent),
+                "n_candidates": len(cands), "wins": pick.wins, "win_probability": round(pick.win_probability, 6),
+                "candidate": cid, "runner_up": None if pick.runner_up is None else cands[pick.runner_up][0],
+            }) + "\n")
+    os.replace(tmp, output)
+    return len(groups), skipped
