@@ -14,6 +14,9 @@ from rewarddance.models.presets import ARCHS  # noqa: F401  (re-exported: the te
 def _isolated_cache(tmp_path_factory):
     """Presets requested by name are built into a session directory, not the user's cache."""
     os.environ["REWARDDANCE_CACHE"] = str(tmp_path_factory.mktemp("rd-cache"))
+    # equivalence checks compare in float32 (the default is bf16 on CPUs with bf16 matmul);
+    # subprocesses (CLI, torchrun) inherit it. test_models checks the default itself.
+    os.environ["REWARDDANCE_DTYPE"] = "float32"
     torch.set_num_threads(2)
     import transformers
 

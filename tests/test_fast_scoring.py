@@ -158,3 +158,18 @@ def test_feature_cache_follows_the_weights(preset_dirs, tmp_path):
     fresh = rd.load(tmp_path / "stepped").score("a red circle", cands, references=refs)
     np.testing.assert_allclose(after, fresh, atol=1e-5)
     assert np.abs(np.array(after) - np.array(before)).max() > 1e-3
+
+
+def test_feature_cache_follows_the_image_processor(preset_dirs):
+    """Changing the processor's settings after scoring re-encodes: no stale vision features."""
+    import rewarddance as rd
+
+    rm = rd.load(preset_dirs("qwen2_5_vl"), dtype=torch.float32)
+    imgs = smooth_images(2, seed=23)
+    before = rm.score("a red circle", imgs)
+    rm.processor.image_processor.image_mean = [0.0, 0.0, 0.0]
+    plain = rd.load(preset_dirs("qwen2_5_vl"), dtype=torch.float32, fast=False)
+    plain.processor.image_processor.image_mean = [0.0, 0.0, 0.0]
+    expected = plain.score("a red circle", imgs)
+    np.testing.assert_allclose(rm.score("a red circle", imgs), expected, atol=1e-5)
+    assert np.abs(np.array(expected) - before).max() > 1e-3

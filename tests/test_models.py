@@ -231,3 +231,20 @@ def test_pretrained_preset_lookup(tmp_path, monkeypatch):
     assert preset_path(name) == own
     with pytest.raises(PresetNotBuiltError, match="rewarddance pretrain --arch llava --size tiny"):
         preset_path("llava-tiny-shapeworld")
+
+
+def test_default_dtype_is_bf16_where_the_hardware_has_bf16_matmul(preset_dirs, monkeypatch):
+    import rewarddance as rd
+    from rewarddance import _cpu_has_bf16_matmul
+
+    monkeypatch.delenv("REWARDDANCE_DTYPE")
+    expected = torch.bfloat16 if _cpu_has_bf16_matmul() else torch.float32
+    assert rd.default_dtype("cpu") == expected
+    rm = rd.load(preset_dirs("qwen2_5_vl"))
+    assert rm.dtype == expected and 0 < rm.score("a red circle", smooth_images(1, seed=3))[0] < 1
+    assert rd.load(preset_dirs("qwen2_5_vl"), dtype=torch.float32).dtype == torch.float32  # one argument away
+    monkeypatch.setenv("REWARDDANCE_DTYPE", "float32")
+    assert rd.default_dtype("cpu") == torch.float32
+    monkeypatch.setenv("REWARDDANCE_DTYPE", "float64")
+    with pytest.raises(ValueError, match="REWARDDANCE_DTYPE"):
+        rd.default_dtype("cpu")

@@ -69,8 +69,9 @@ class Encoded:
 class FeatureCache:
     """Bounded LRU: content hash -> `Encoded` of one image.
 
-    The outputs depend on the weights too: `bind(state)` empties the cache whenever the
-    judge's weights state (`Judge.state()`: parameter versions, dtype, device) has changed.
+    The outputs depend on the weights and the image processor too: `bind(state)` empties the cache
+    whenever the judge's weights state (`Judge.state()`: parameter versions, dtype, device) or the
+    image processor's settings have changed.
     """
 
     def __init__(self, max_items: int = 4096) -> None:
@@ -134,7 +135,8 @@ class PrefixScorer:
 
     def encode_images(self, images: Sequence[torch.Tensor], batch_size: int = 16) -> list[Encoded]:
         """Each image's vision-encoder output and token layout (cached by content)."""
-        self.features.bind(self.judge.state())
+        # the processor's settings (resize limits, normalisation) shape the features as much as the weights
+        self.features.bind((self.judge.state(), repr(self.judge.processor.image_processor.to_dict())))
         keys = [content_key(x) for x in images]
         found: dict[bytes, Encoded] = {}
         missing: dict[bytes, torch.Tensor] = {}
