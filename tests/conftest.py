@@ -56,6 +56,16 @@ def load_rm(preset_dirs):
     return get
 
 
+@pytest.fixture(scope="session")
+def world(tmp_path_factory):
+    """A small ShapeWorld dataset (pairs with rationales, pointwise rows, video and image-to-video pairs)."""
+    from rewarddance.world.dataset import build_world
+
+    out = tmp_path_factory.mktemp("world")
+    build_world(out, n=48, n_test=40, video=True, n_video=8, progress=False)
+    return out
+
+
 def smooth_images(n: int, size=(64, 64), seed: int = 0) -> list[torch.Tensor]:
     """Smooth random images (upsampled noise): resizing them is well-conditioned."""
     g = torch.Generator().manual_seed(seed)

@@ -307,3 +307,18 @@ def test_eval_reads_a_benchmark_file_and_reports_its_headline(preset_dirs, tmp_p
     manifest = next((tmp_path / "conv").glob("imagereward*.jsonl"))
     again = evaluate(rm, [manifest], progress=False)
     assert again["overall"]["accuracy"] == pytest.approx(result["overall"]["accuracy"], abs=1e-9)
+
+
+def test_eval_video_and_image_to_video_rows(world, preset_dirs):
+    """ShapeWorld video pairs (text-to-video and image-to-video rows, each naming its task) go
+    through the same recipe and are all scored."""
+    import rewarddance as rd
+    from rewarddance.data import read_manifest
+    from rewarddance.recipes.evaluate_rm import evaluate
+
+    data = world / "video-test.jsonl"
+    records = list(read_manifest(data))
+    assert any(r.media["condition"] is not None for r in records) and any(r.media["condition"] is None for r in records)
+    result = evaluate(rd.load(preset_dirs("qwen2_5_vl"), layout="pairwise"), [data], progress=False)
+    assert result["n_rows_failed"] == 0
+    assert result["overall"]["n"] + result["overall"]["n_ties"] == len(records)

@@ -26,16 +26,6 @@ TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
 
 
 @pytest.fixture(scope="session")
-def world(tmp_path_factory):
-    """A small ShapeWorld dataset (pairs with rationales, pointwise rows, video and image-to-video pairs)."""
-    from rewarddance.world.dataset import build_world
-
-    out = tmp_path_factory.mktemp("world")
-    build_world(out, n=48, n_test=40, video=True, n_video=8, progress=False)
-    return out
-
-
-@pytest.fixture(scope="session")
 def fixed_pairs(world):
     """Eight non-tied pairs: the fixed small batch each objective must learn."""
     rows = [json.loads(t) for t in (world / "train.jsonl").read_text().splitlines()]
