@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,6 +20,8 @@ import rewarddance as rd
 from rewarddance.config import ConfigError, load_config
 from rewarddance.data import read_manifest
 from rewarddance.data.training import make_example, map_rationale
+from rewarddance.models.checkpoint import CheckpointError
+from rewarddance.models.presets import preset_path
 from rewarddance.recipes.train_rm import TrainConfig, train
 
 ENTRY = str(Path(sys.executable).with_name("rewarddance"))
@@ -105,6 +108,19 @@ def test_lora_adapter_and_merged_checkpoints_score_the_same(fixed_pairs, tmp_pat
     base = rd.load(TINY, layout="pairwise")  # LoRA changed something
     assert np.abs(np.array(base.score(rec.prompt, [rec.media["b"]], references=[rec.media["a"]]))
                   - s_merged[0]).max() > 1e-4
+    # the adapter recorded its base's weights: pointed at other weights, it refuses to load
+    config = json.loads((final / "rewarddance.json").read_text())
+    assert config["adapter_base_digest"]
+    other = tmp_path / "other-base"
+    shutil.copytree(preset_path(TINY), other)
+    (final / "rewarddance.json").write_text(json.dumps({**config, "adapter_of": str(other)}))
+    rd.load(final)  # the same base files elsewhere: accepted
+    judge = rd.load(other, dtype=torch.float32)
+    with torch.no_grad():
+        next(judge.judge.parameters()).add_(0.01)
+    judge.save_pretrained(other)
+    with pytest.raises(CheckpointError, match="weight files differ"):
+        rd.load(final)
 
 
 def test_cot_rationale_maps_image_letters_to_positions_in_both_orders(world):

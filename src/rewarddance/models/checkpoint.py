@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -42,6 +43,7 @@ class CheckpointConfig:
     padding_side: str = "left"
     answer_ids: dict[str, list[int]] = field(default_factory=dict)  # {"yes": [...], "no": [...]}, informative
     adapter_of: str | None = None  # LoRA adapter checkpoints: the base model directory
+    adapter_base_digest: str | None = None  # ...and `weights_file_digest` of that base when it was trained
     training: dict[str, Any] = field(default_factory=dict)  # free-form: steps, data, metrics of the run
 
     def __post_init__(self) -> None:
@@ -86,3 +88,19 @@ def write_checkpoint_config(path: str | os.PathLike, config: CheckpointConfig) -
     file = Path(path) / CONFIG_NAME
     file.write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n")
     return file
+
+
+def weights_file_digest(path: str | os.PathLike) -> str:
+    """A hash of a model directory's weight files (*.safetensors, streamed): an adapter records its
+    base's, so that loading it onto a base whose weights have changed fails instead of scoring wrong."""
+    h = hashlib.blake2b(digest_size=16)
+    files = sorted(Path(path).glob("*.safetensors"))
+    if not files:
+        raise CheckpointError(f"{path}: no *.safetensors weight files")
+    for f in files:
+        h.update(f.name.encode())
+        with f.open("rb") as stream:
+            for chunk in iter(lambda: stream.read(1 << 24), b""):
+                h.update(chunk)
+    return h.hexdigest()
+

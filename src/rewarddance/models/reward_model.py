@@ -23,7 +23,8 @@ import torch
 
 from ..context import LAYOUTS, Context, build_context, get_task
 from ..media import MediaError, broadcast, load_image, load_media
-from .checkpoint import CheckpointConfig, read_checkpoint_config, write_checkpoint_config
+from .checkpoint import (CheckpointConfig, CheckpointError, read_checkpoint_config, weights_file_digest,
+                         write_checkpoint_config)
 from .fast import LayoutMismatchError, PrefixScorer
 from .judge import Judge
 
@@ -45,6 +46,10 @@ def load_judge(path: str | os.PathLike, config: CheckpointConfig, *, device: str
         adapter_of = base if base.is_absolute() else Path(path) / base
         if not adapter_of.exists() and parse_preset_name(config.adapter_of):
             adapter_of = preset_path(config.adapter_of)
+        if config.adapter_base_digest and weights_file_digest(adapter_of) != config.adapter_base_digest:
+            raise CheckpointError(f"{path}: this LoRA adapter was trained on a base whose weight files differ "
+                                  f"from those now at {adapter_of}; load it with the base it was trained on, "
+                                  f"or retrain it")
     return Judge.from_pretrained(path, device=device, dtype=dtype, normalize=config.normalize,
                                  padding_side=config.padding_side, value_head=config.objective == "regressive-bt",
                                  adapter_of=adapter_of)

@@ -30,7 +30,7 @@ from ..data import RecordError
 from ..data.training import (NEXT_TOKEN, Batch, ExampleError, make_example, make_pretrain_example,
                              read_examples_source)
 from ..media import MediaError
-from ..models.checkpoint import CheckpointConfig, read_checkpoint_config, write_checkpoint_config
+from ..models.checkpoint import CheckpointConfig, read_checkpoint_config, weights_file_digest, write_checkpoint_config
 from ..models.clip import ClipJudge
 from ..models.judge import Judge
 from ..models.reward_model import RewardModel
@@ -207,7 +207,8 @@ def build_judge(cfg: TrainConfig, num_processes: int = 1) -> tuple[torch.nn.Modu
         judge.model = get_peft_model(judge.model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
                                                              lora_dropout=cfg.lora_dropout, target_modules=targets))
         if cfg.lora_save == "adapter":  # a preset by name (portable), else the base directory
-            ckpt = ckpt.replace(adapter_of=cfg.model if not Path(cfg.model).exists() else str(path.resolve()))
+            ckpt = ckpt.replace(adapter_of=cfg.model if not Path(cfg.model).exists() else str(path.resolve()),
+                                adapter_base_digest=weights_file_digest(path))
     return judge.train(), ckpt
 
 
