@@ -1,10 +1,11 @@
-"""The `rewarddance` command: init-model, score, eval, references, train, pretrain, data.
+"""The `rewarddance` command: init-model, score, eval, references, serve, train, pretrain, data.
 
     rewarddance init-model --arch qwen2_5_vl --size tiny --out models/tiny
     rewarddance score --model models/tiny --prompt "a red circle" a.png b.png
     rewarddance score --model models/tiny --input pairs.jsonl --output scores.jsonl
     rewarddance eval --model runs/judge/final --data data/world/test.jsonl --json runs/eval.json
     rewarddance references --model runs/judge/final --input candidates.jsonl --out references.jsonl
+    rewarddance serve --model runs/judge/final --port 8000
     rewarddance train data=data/world/train.jsonl eval_data=data/world/test.jsonl max_minutes=15
     rewarddance data world --out data/world --n 2000
     rewarddance data convert --from imagereward test.json --out data/imagereward
@@ -210,6 +211,28 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# ------------------------------------------------------------------ serve
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .models.presets import parse_preset_name
+    from .serve import ServeConfig, read_api_keys
+
+    try:
+        from .serve import run_server
+    except ModuleNotFoundError as e:
+        raise UsageError(f"{e.name} is not installed: pip install 'rewarddance[serve]'") from None
+    if not Path(args.model).exists() and parse_preset_name(args.model) is None:
+        raise UsageError(f"{args.model}: no such model directory or preset")
+    config = ServeConfig(max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms,
+                         queue_capacity=args.queue_capacity, request_timeout_s=args.request_timeout,
+                         max_body_bytes=int(args.max_body_mb * 2**20), api_keys=read_api_keys(args.api_key_file))
+    _quiet_transformers()
+    import torch
+
+    return run_server(args.model, host=args.host, port=args.port, dtype=getattr(torch, args.dtype) if args.dtype
+                      else None, replicas=args.replicas, devices=args.devices.split(",") if args.devices else None,
+                      config=config, log_level=args.log_level, **({"layout": args.layout} if args.layout else {}))
+
+
 # ------------------------------------------------------------------ main
 class UsageError(Exception):
     """Bad arguments: exit code 2."""
@@ -296,6 +319,31 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--config", help="YAML file of settings; key=value arguments override it")
     q.add_argument("overrides", nargs="*", metavar="key=value")
     q.set_defaults(func=cmd_pretrain)
+
+    from .serve.config import ServeConfig
+
+    q = sub.add_parser("serve", help="serve a reward model over HTTP (pip install 'rewarddance[serve]')")
+    q.add_argument("--model", required=True, help="checkpoint directory or preset name")
+    q.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: loopback only)")
+    q.add_argument("--port", type=int, default=8000)
+    q.add_argument("--dtype", default=None, choices=DTYPES, help="weights dtype (default: rewarddance.default_dtype)")
+    q.add_argument("--layout", default=None, choices=LAYOUTS, help="override the checkpoint's layout")
+    q.add_argument("--replicas", type=int, default=1, help="model copies behind one queue, one per device")
+    q.add_argument("--devices", default=None, help="comma-separated devices the replicas take in turn "
+                   "(default: every GPU, else cpu)")
+    q.add_argument("--api-key-file", default=None, help="API keys, one per line (default: $REWARDDANCE_API_KEYS, "
+                   "comma-separated; neither: no auth)")
+    q.add_argument("--max-batch-size", type=int, default=ServeConfig.max_batch_size, help="items per model call")
+    q.add_argument("--max-wait-ms", type=float, default=ServeConfig.max_wait_ms,
+                   help="how long a request waits for others to share its batch")
+    q.add_argument("--queue-capacity", type=int, default=ServeConfig.queue_capacity,
+                   help="requests waiting; beyond it 503 with Retry-After")
+    q.add_argument("--request-timeout", type=float, default=ServeConfig.request_timeout_s,
+                   help="seconds before a request gets 504")
+    q.add_argument("--max-body-mb", type=float, default=ServeConfig.max_body_bytes / 2**20,
+                   help="request size limit in MiB (larger: 413)")
+    q.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    q.set_defaults(func=cmd_serve)
 
     q = sub.add_parser("data", help="build datasets")
     dsub = q.add_subparsers(dest="dataset", required=True)
