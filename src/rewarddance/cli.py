@@ -211,6 +211,16 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_generator_pretrain(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .recipes.pretrain_generator import GeneratorPretrainConfig, command_line, pretrain_generator
+
+    _quiet_transformers()
+    cfg = load_config(GeneratorPretrainConfig, args.config, args.overrides)
+    pretrain_generator(cfg, command=command_line(cfg, args.config, args.overrides))
+    return EXIT_OK
+
+
 # ------------------------------------------------------------------ serve
 def cmd_serve(args: argparse.Namespace) -> int:
     from .models.presets import parse_preset_name
@@ -319,6 +329,18 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--config", help="YAML file of settings; key=value arguments override it")
     q.add_argument("overrides", nargs="*", metavar="key=value")
     q.set_defaults(func=cmd_pretrain)
+
+    from .recipes.pretrain_generator import GeneratorPretrainConfig
+
+    q = sub.add_parser("generator", help="text-to-image generators for RL (ShapeWorld)")
+    gsub = q.add_subparsers(dest="generator_command", required=True)
+    g = gsub.add_parser("pretrain", help="pretrain a ShapeWorld flow-matching generator on renders",
+                        formatter_class=argparse.RawDescriptionHelpFormatter,
+                        epilog="keys (default, type; model.<key> for the architecture):\n"
+                        + describe(GeneratorPretrainConfig))
+    g.add_argument("--config", help="YAML file of settings; key=value arguments override it")
+    g.add_argument("overrides", nargs="*", metavar="key=value")
+    g.set_defaults(func=cmd_generator_pretrain)
 
     from .serve.config import ServeConfig
 

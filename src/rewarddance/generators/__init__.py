@@ -1,0 +1,39 @@
+"""Generators: the interface the RL recipes use, and the ShapeWorld text-to-image flow-matching model.
+
+    >>> import torch
+    >>> from rewarddance.generators import ShapeWorldGenerator, pretrained_path
+    >>> gen = ShapeWorldGenerator.from_pretrained(pretrained_path())  # the committed ShapeWorld weights
+    >>> with torch.no_grad():
+    ...     images = gen.sample(["a red circle above a blue square"], seeds=[0]).images  # 1×3×32×32 in [0, 1]
+
+See docs/generators.md for the conventions (sigmas, states, seeds) and how ReFL, GRPO and
+Best-of-N use them; `rewarddance generator pretrain` trains a ShapeWorld generator.
+"""
+
+from pathlib import Path
+
+from .base import Generator, SampleOutput, StepOutput, seeded_noise
+from .shapeworld import LORA_TARGETS, ShapeWorldGenerator, ShapeWorldGeneratorConfig
+
+PRETRAINED = "shapeworld-flow"
+
+
+def pretrained_path(name: str = PRETRAINED) -> Path:
+    """Directory of a generator shipped with the package (`pretrained/<name>`)."""
+    path = Path(__file__).parent / "pretrained" / name
+    if not (path / "generator.json").exists():
+        raise FileNotFoundError(f"{path}: no pretrained generator {name!r} in this installation")
+    return path
+
+
+__all__ = [
+    "LORA_TARGETS",
+    "PRETRAINED",
+    "Generator",
+    "SampleOutput",
+    "ShapeWorldGenerator",
+    "ShapeWorldGeneratorConfig",
+    "StepOutput",
+    "pretrained_path",
+    "seeded_noise",
+]
