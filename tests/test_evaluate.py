@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -226,8 +227,8 @@ def test_eval_data_parallel_equals_one_process_and_survives_a_dead_rank(preset_d
     again = subprocess.run([str(Path(sys.executable).parent / "torchrun"), *cmd[1:]], capture_output=True, text=True,
                            timeout=300, env=env)
     assert again.returncode == 0, again.stderr[-3000:]
-    shards = {int(line.split()[1].split("/")[0]): int(line.split()[3]) for line in again.stderr.splitlines()
-              if line.startswith("rank ")}
+    # each rank reports its shard (the lines may interleave with rank 0's progress bar)
+    shards = {int(r): int(n) for r, n in re.findall(r"rank (\d)/2: scored (\d+) rows", again.stderr)}
     assert set(shards) == {0, 1} and all(n > 0 for n in shards.values()), again.stderr[-2000:]
     assert sum(shards.values()) == 24 - len(left)
     one, ddp = read_rows([tmp_path / "one-scores" / "0-pairs.jsonl"]), read_rows([scores])
