@@ -240,8 +240,8 @@ def main() -> None:
     finally:
         shutil.rmtree(world, ignore_errors=True)
 
-    head = (f"| size | dtype | ours pairs/s | baseline pairs/s | ours/baseline | ours MFU | baseline MFU "
-            f"| peak RSS MB ours / baseline (step's growth) |")
+    head = ("| size | dtype | ours pairs/s | baseline pairs/s | ours/baseline | ours MFU | baseline MFU "
+            "| peak RSS MB ours / baseline (step's growth) |")
     print()
     print(head)
     print("|" + "---|" * 8)

@@ -125,7 +125,7 @@ class ShapeWorldGenerator(Generator):
         files; `from_pretrained` loads float32 either way.
 
         >>> gen.save_pretrained("runs/gen")  # doctest: +SKIP
-        >>> ShapeWorldGenerator.from_pretrained("runs/gen")  # doctest: +SKIP
+        >>> ShapeWorldGenerator.from_pretrained("runs/gen/final")  # doctest: +SKIP
         """
         from peft.tuners.tuners_utils import BaseTunerLayer
 
