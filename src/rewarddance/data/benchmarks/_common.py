@@ -48,6 +48,43 @@ def make_record(row: dict[str, Any], *, base: Path, path: Path, n: int, hint: st
         return RecordError(str(e), key=key or f"row {n}", line=n)
 
 
+def first_is_path(media: Any) -> bool:
+    """Whether a media list starts with a usable path (the layout hint looks at it)."""
+    return isinstance(media, list) and bool(media) and isinstance(media[0], str) and bool(media[0])
+
+
+def pair_label(rank_i: float, rank_j: float) -> str:
+    """Lower rank is better (ImageReward and HPDv2 alike)."""
+    return "a" if rank_i < rank_j else "b" if rank_i > rank_j else "tie"
+
+
+def ranking_records(path: Path, n: int, key: str | None, prompt: Any, media: Any, ranks: Any, *, root: Path,
+                    fields: tuple[str, str, str], hint: str) -> list[Record | RecordError]:
+    """All pairs i < j of one N-way ranked item (ImageReward, HPDv2; lower rank is better), or one
+    RecordError naming the problem. `fields`: the format's names for the media list, its ranks and
+    one medium ("generations", "ranking", "generations" / "image_path", "rank", "images")."""
+    media_field, rank_field, noun = fields
+    if not isinstance(prompt, str) or not prompt.strip():
+        return [bad(path, n, "missing or empty 'prompt'", key)]
+    if not isinstance(media, list) or not all(isinstance(m, str) and m for m in media):
+        return [bad(path, n, f"'{media_field}' must be a list of image paths", key)]
+    if not isinstance(ranks, list) or not all(is_number(r) for r in ranks):
+        return [bad(path, n, f"'{rank_field}' must be a list of numbers", key)]
+    if len(media) != len(ranks):
+        return [bad(path, n, f"{len(media)} {noun} but {len(ranks)} ranks", key)]
+    if len(media) < 2:
+        return [bad(path, n, f"fewer than two {noun}: no pair to compare", key)]
+    group = key if key is not None else str(n)
+    out: list[Record | RecordError] = []
+    for i in range(len(media)):
+        for j in range(i + 1, len(media)):
+            row = {"id": f"{group}:{i}-{j}", "prompt": prompt, "image_a": media[i], "image_b": media[j],
+                   "label": pair_label(ranks[i], ranks[j]), "group": group, "pair": [i, j],
+                   "rank_a": ranks[i], "rank_b": ranks[j]}
+            out.append(make_record(row, base=root, path=path, n=n, hint=hint))
+    return out
+
+
 def layout_hint(root: Path, first: str, sub: str) -> str:
     """When the authors' layout keeps the images in `sub/` beside the annotation file and the first
     image is found there, the per-row message says which `images=` to pass."""

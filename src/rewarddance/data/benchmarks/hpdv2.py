@@ -36,8 +36,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..records import Record, RecordError
-from ._common import bad, is_number, json_list, layout_hint, make_record
-from .imagereward import pair_label
+from ._common import bad, first_is_path, json_list, layout_hint, ranking_records
 
 NAME = "hpdv2"
 METRIC = "inversion_score"
@@ -56,24 +55,9 @@ def read(path: Path, *, images: str | Path | None = None) -> list[Record | Recor
         if not isinstance(item, dict):
             out.append(bad(path, n, f"expected a JSON object, got {type(item).__name__}"))
             continue
-        prompt, paths, ranks = item.get("prompt"), item.get("image_path"), item.get("rank")
-        if not isinstance(prompt, str) or not prompt.strip():
-            out.append(bad(path, n, "missing or empty 'prompt'"))
-        elif not isinstance(paths, list) or not all(isinstance(p, str) and p for p in paths):
-            out.append(bad(path, n, "'image_path' must be a list of image paths"))
-        elif not isinstance(ranks, list) or not all(is_number(r) for r in ranks):
-            out.append(bad(path, n, "'rank' must be a list of numbers"))
-        elif len(paths) != len(ranks):
-            out.append(bad(path, n, f"{len(paths)} images but {len(ranks)} ranks"))
-        elif len(paths) < 2:
-            out.append(bad(path, n, "fewer than two images: no pair to compare"))
-        else:
-            # the authors' layout is HPD/test.json + HPD/test/<image> (README "Data Structure")
-            hint = layout_hint(root, paths[0], "test") if images is None else ""
-            for i in range(len(paths)):
-                for j in range(i + 1, len(paths)):
-                    row = {"id": f"{n}:{i}-{j}", "prompt": prompt, "image_a": paths[i], "image_b": paths[j],
-                           "label": pair_label(ranks[i], ranks[j]), "group": str(n), "pair": [i, j],
-                           "rank_a": ranks[i], "rank_b": ranks[j]}
-                    out.append(make_record(row, base=root, path=path, n=n, hint=hint))
+        paths = item.get("image_path")
+        # the authors' layout is HPD/test.json + HPD/test/<image> (README "Data Structure")
+        hint = layout_hint(root, paths[0], "test") if images is None and first_is_path(paths) else ""
+        out += ranking_records(path, n, None, item.get("prompt"), paths, item.get("rank"), root=root,
+                               fields=("image_path", "rank", "images"), hint=hint)
     return out

@@ -32,7 +32,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..records import Record, RecordError
-from ._common import bad, is_number, json_list, layout_hint, make_record
+from ._common import bad, first_is_path, json_list, layout_hint, ranking_records
 
 NAME = "imagereward"
 METRIC = "pooled_pair_accuracy"
@@ -41,11 +41,6 @@ TASK = "t2i-overall"
 
 def looks_like(item: object) -> bool:
     return isinstance(item, dict) and "generations" in item and "ranking" in item
-
-
-def pair_label(rank_i: float, rank_j: float) -> str:
-    """Lower rank is better (ImageReward and HPDv2 alike)."""
-    return "a" if rank_i < rank_j else "b" if rank_i > rank_j else "tie"
 
 
 def read(path: Path, *, images: str | Path | None = None) -> list[Record | RecordError]:
@@ -57,24 +52,9 @@ def read(path: Path, *, images: str | Path | None = None) -> list[Record | Recor
             out.append(bad(path, n, f"expected a JSON object, got {type(item).__name__}"))
             continue
         key = str(item["id"]) if isinstance(item.get("id"), (str, int)) and str(item["id"]) else f"row{n}"
-        prompt, gens, ranks = item.get("prompt"), item.get("generations"), item.get("ranking")
-        if not isinstance(prompt, str) or not prompt.strip():
-            out.append(bad(path, n, "missing or empty 'prompt'", key))
-        elif not isinstance(gens, list) or not all(isinstance(g, str) and g for g in gens):
-            out.append(bad(path, n, "'generations' must be a list of image paths", key))
-        elif not isinstance(ranks, list) or not all(is_number(r) for r in ranks):
-            out.append(bad(path, n, "'ranking' must be a list of numbers", key))
-        elif len(gens) != len(ranks):
-            out.append(bad(path, n, f"{len(gens)} generations but {len(ranks)} ranks", key))
-        elif len(gens) < 2:
-            out.append(bad(path, n, "fewer than two generations: no pair to compare", key))
-        else:
-            # the authors' layout is data/test.json + data/test_images/<path> (test.py --img_prefix)
-            hint = layout_hint(root, gens[0], "test_images") if images is None else ""
-            for i in range(len(gens)):
-                for j in range(i + 1, len(gens)):
-                    row = {"id": f"{key}:{i}-{j}", "prompt": prompt, "image_a": gens[i], "image_b": gens[j],
-                           "label": pair_label(ranks[i], ranks[j]), "group": key, "pair": [i, j],
-                           "rank_a": ranks[i], "rank_b": ranks[j]}
-                    out.append(make_record(row, base=root, path=path, n=n, hint=hint))
+        gens = item.get("generations")
+        # the authors' layout is data/test.json + data/test_images/<path> (test.py --img_prefix)
+        hint = layout_hint(root, gens[0], "test_images") if images is None and first_is_path(gens) else ""
+        out += ranking_records(path, n, key, item.get("prompt"), gens, item.get("ranking"), root=root,
+                               fields=("generations", "ranking", "generations"), hint=hint)
     return out
