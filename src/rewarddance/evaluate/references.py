@@ -75,7 +75,8 @@ def select_references(rm: RewardModel, input: str | os.PathLike, output: str | o
     input, output = Path(input), Path(output)
     if not input.exists():
         raise FileNotFoundError(f"{input}: candidates file not found")
-    groups: dict[str, list[tuple[str, Any]]] = {}
+    # rows by prompt; images are loaded one prompt at a time, so memory holds one group, not the file
+    groups: dict[str, list[tuple[int, str, Path]]] = {}
     skipped = 0
 
     def skip(message: str) -> None:
@@ -95,26 +96,43 @@ def select_references(rm: RewardModel, input: str | os.PathLike, output: str | o
             skip(f"{input}:{line}: a candidate row needs a non-empty 'prompt' and an 'image' path")
             continue
         path = Path(row["image"])
-        path = path if path.is_absolute() else input.parent / path
-        try:
-            image = load_image(path)
-        except MediaError as e:
-            skip(f"{input}:{line}: {e}")
-            continue
-        group = groups.setdefault(row["prompt"].strip(), [])
-        if n is None or len(group) < n:
-            group.append((str(row.get("id", f"line {line}")), image, path))
+        groups.setdefault(row["prompt"].strip(), []).append(
+            (line, str(row.get("id", f"line {line}")), path if path.is_absolute() else input.parent / path))
+
+    def load_group(rows: list[tuple[int, str, Path]]) -> list[tuple[str, Any, Path]]:
+        """The first `n` candidates whose images load (an unreadable one is skipped, not counted;
+        rows past the first `n` are still read, so every unreadable image is reported)."""
+        cands = []
+        for line, cid, path in rows:
+            try:
+                image = load_image(path)
+            except MediaError as e:
+                skip(f"{input}:{line}: {e}")
+                continue
+            if n is None or len(cands) < n:
+                cands.append((cid, image, path))
+        return cands
+
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(output.name + ".tmp")
-    with tmp.open("w") as out:
-        for k, (prompt, cands) in enumerate(tqdm(groups.items(), desc="references", unit="prompt",
-                                                  disable=not progress, file=sys.stderr)):
-            pick = best_of_n(rm, prompt, [image for _, image, _ in cands], task=task, batch_size=batch_size)
-            cid, _, path = cands[pick.index]
-            out.write(json.dumps({
-                "id": f"ref-{k:06d}", "prompt": prompt, "image": os.path.relpath(path, output.parent),
-                "n_candidates": len(cands), "wins": pick.wins, "win_probability": round(pick.win_probability, 6),
-                "candidate": cid, "runner_up": None if pick.runner_up is None else cands[pick.runner_up][0],
-            }) + "\n")
+    done = 0
+    try:  # a --strict stop or an interrupt leaves no half-written file behind
+        with tmp.open("w") as out:
+            for prompt, rows in tqdm(groups.items(), desc="references", unit="prompt", disable=not progress,
+                                     file=sys.stderr):
+                cands = load_group(rows)
+                if not cands:
+                    continue
+                pick = best_of_n(rm, prompt, [image for _, image, _ in cands], task=task, batch_size=batch_size)
+                cid, _, path = cands[pick.index]
+                out.write(json.dumps({
+                    "id": f"ref-{done:06d}", "prompt": prompt, "image": os.path.relpath(path, output.parent),
+                    "n_candidates": len(cands), "wins": pick.wins, "win_probability": round(pick.win_probability, 6),
+                    "candidate": cid, "runner_up": None if pick.runner_up is None else cands[pick.runner_up][0],
+                }) + "\n")
+                done += 1
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, output)
-    return len(groups), skipped
+    return done, skipped

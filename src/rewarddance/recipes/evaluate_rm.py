@@ -87,7 +87,7 @@ def evaluate(rm: RewardModel, data: Sequence[str | os.PathLike], *, format: str 
                 print(f"skipped: {r}", file=sys.stderr)
         scores = score_dir / f"{i}-{Path(path).stem}.jsonl"
         file_task = task or (bench.task if bench is not None else None)  # a benchmark names the task it fits
-        ok, n_failed = score_to_file(rm, records, scores, task=file_task, strict=strict, batch_size=batch_size,
+        _, n_failed = score_to_file(rm, records, scores, task=file_task, strict=strict, batch_size=batch_size,
                                      progress=progress)
         if strict and n_failed:
             raise StrictStop(f"{scores}: {n_failed} rows failed (--strict); see the errors above")
