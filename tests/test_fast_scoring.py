@@ -173,3 +173,34 @@ def test_feature_cache_follows_the_image_processor(preset_dirs):
     expected = plain.score("a red circle", imgs)
     np.testing.assert_allclose(rm.score("a red circle", imgs), expected, atol=1e-5)
     assert np.abs(np.array(expected) - before).max() > 1e-3
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_differentiable_prefix_reward_equals_plain_path(arch, load_rm):
+    """ReFL's cached reward: the prompt+reference prefix runs once without gradients, only the
+    candidates' tokens are differentiated. Rewards and pixel gradients equal the plain path's
+    (one full differentiable forward per sequence) for both layouts, two prompts and two references,
+    and a second call reuses the cached prefix."""
+    for layout in ("pairwise", "pointwise"):
+        fast, plain = load_rm(arch, layout), load_rm(arch, layout, fast=False)
+        x = torch.stack(smooth_images(4, seed=31))
+        prompts = ["a red circle", "a red circle", "two blue squares", "two blue squares"]
+        ref_a, ref_b = smooth_images(2, seed=32)
+        refs = [ref_a, ref_a, ref_b, ref_a] if layout == "pairwise" else None
+        out = {}
+        for name, rm in (("fast", fast), ("plain", plain)):
+            xi = x.clone().requires_grad_(True)
+            r = rm.reward_fn()(xi, prompts, references=refs)
+            (r * torch.tensor([1.0, -2.0, 3.0, 0.5])).sum().backward()
+            out[name] = (r.detach(), xi.grad)
+        assert np.ptp(out["plain"][0].numpy()) > 1e-3  # rewards differ far more than the tolerance
+        torch.testing.assert_close(out["fast"][0], out["plain"][0], atol=1e-5, rtol=0)
+        g_fast, g_plain = out["fast"][1], out["plain"][1]
+        assert g_plain.abs().max() > 1e-4
+        assert (g_fast - g_plain).abs().max() <= 1e-3 * g_plain.abs().max()
+        assert fast.prefix_scorer.fallbacks == 0 and plain.prefix_scorer is None
+        misses, scored = fast.prefix_scorer.prefixes.misses, fast.prefix_scorer.scored
+        with torch.no_grad():
+            again = fast.reward_fn()(x, prompts, references=refs)
+        torch.testing.assert_close(again, out["fast"][0], atol=1e-6, rtol=0)
+        assert fast.prefix_scorer.prefixes.misses == misses and fast.prefix_scorer.scored == scored + 4

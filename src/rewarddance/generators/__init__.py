@@ -13,6 +13,7 @@ Best-of-N use them; `rewarddance generator pretrain` trains a ShapeWorld generat
 from pathlib import Path
 
 from .base import Generator, SampleOutput, StepOutput, seeded_noise
+from .evaluation import GeneratorEvaluation, Metric, evaluate_generator
 from .shapeworld import LORA_TARGETS, ShapeWorldGenerator, ShapeWorldGeneratorConfig
 
 PRETRAINED = "shapeworld-flow"
@@ -30,10 +31,13 @@ __all__ = [
     "LORA_TARGETS",
     "PRETRAINED",
     "Generator",
+    "GeneratorEvaluation",
+    "Metric",
     "SampleOutput",
     "ShapeWorldGenerator",
     "ShapeWorldGeneratorConfig",
     "StepOutput",
+    "evaluate_generator",
     "pretrained_path",
     "seeded_noise",
 ]

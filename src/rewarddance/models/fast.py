@@ -14,6 +14,11 @@ from the family's own processor (`encode_images`), so two raw sizes that process
 group and two that only share a token count do not. Images whose layout the rendered context
 contradicts raise `LayoutMismatchError`; `RewardModel.score_items` scores those on the plain path.
 
+The same split makes the reward cheap to differentiate (ReFL): `differentiable_scores` runs
+the prompt-and-reference prefix once under no_grad (kept in a bounded cache, bound to the
+judge's weights like the features) and backpropagates only through the candidates' vision
+encoder and suffix; tests check values and pixel gradients against the plain path.
+
 Works for the six tested families through transformers' `mm_encoder_outputs` argument.
 Positions continue exactly: 1-D positions are a range; Qwen 3-D positions are computed on the
 full sequence and sliced. Results equal the plain path (tests check 1e-5 in float32).
@@ -67,7 +72,7 @@ class Encoded:
 
 
 class FeatureCache:
-    """Bounded LRU: content hash -> `Encoded` of one image.
+    """Bounded LRU: content hash -> `Encoded` of one image (also used for whole prefixes, below).
 
     The outputs depend on the weights and the image processor too: `bind(state)` empties the cache
     whenever the judge's weights state (`Judge.state()`: parameter versions, dtype, device) or the
@@ -112,9 +117,12 @@ class PrefixScorer:
     caller had to score on the plain path after a `LayoutMismatchError`.
     """
 
-    def __init__(self, judge: Judge, *, cache_items: int = 4096) -> None:
+    def __init__(self, judge: Judge, *, cache_items: int = 4096, prefix_items: int = 64) -> None:
         self.judge = judge
         self.features = FeatureCache(cache_items)
+        # (task, layout, prompt, reference, candidate layout) -> the prefix's keys/values, for
+        # differentiable scoring; each entry holds a whole prompt+reference KV cache, hence fewer items
+        self.prefixes = FeatureCache(prefix_items)
         self.scored = self.fallbacks = 0
         cfg = judge.backbone.config
         self.mrope = cfg.model_type in MROPE
@@ -133,10 +141,13 @@ class PrefixScorer:
         """The six tested families (generative or value head: both read the last hidden state)."""
         return getattr(judge.backbone.config, "model_type", None) in ARCHS
 
+    def _weights_key(self) -> tuple:
+        # the processor's settings (resize limits, normalisation) shape the features as much as the weights
+        return self.judge.state(), repr(self.judge.processor.image_processor.to_dict())
+
     def encode_images(self, images: Sequence[torch.Tensor], batch_size: int = 16) -> list[Encoded]:
         """Each image's vision-encoder output and token layout (cached by content)."""
-        # the processor's settings (resize limits, normalisation) shape the features as much as the weights
-        self.features.bind((self.judge.state(), repr(self.judge.processor.image_processor.to_dict())))
+        self.features.bind(self._weights_key())
         keys = [content_key(x) for x in images]
         found: dict[bytes, Encoded] = {}
         missing: dict[bytes, torch.Tensor] = {}
@@ -207,6 +218,28 @@ class PrefixScorer:
                                    use_cache=True, **kwargs).past_key_values
         return [(layer.keys, layer.values) for layer in past.layers]
 
+    def _check_layouts(self, inputs: dict, n_ref: int, slots: Sequence[tuple[Encoded, int, int]]) -> None:
+        """Every (image, its token count, its index among the rendered grids) must fit the rendered
+        sequence: its token count and (Qwen) the grid its positions follow."""
+        grids = inputs.get("image_grid_thw")
+        if any(len(e.features) != n or (grids is not None and not torch.equal(e.grid, grids[j])) for e, n, j in slots):
+            raise LayoutMismatchError("an image's token layout differs from the one rendered for its group")
+
+    def _render(self, task, layout: str, prompt: str, example: tuple[torch.Tensor, torch.Tensor | None]
+                ) -> tuple[dict, torch.Tensor, list[int]]:
+        """The token sequence of one (candidate, reference) example: inputs, positions, image token indices."""
+        judge = self.judge
+        inputs = judge.encode([build_context(task, layout, prompt, example[0], reference=example[1])])
+        ids = inputs["input_ids"]
+        image_pos = (ids[0] == self.image_token_id).nonzero().flatten().tolist()
+        if self.mrope:
+            pos, _ = judge.backbone.model.get_rope_index(ids, mm_token_type_ids=inputs["mm_token_type_ids"],
+                                                         image_grid_thw=inputs.get("image_grid_thw"),
+                                                         attention_mask=inputs["attention_mask"])
+        else:
+            pos = torch.arange(ids.shape[1], device=ids.device)[None]
+        return inputs, pos, image_pos
+
     def rewards(self, task, layout: str, prompt: str, example: tuple[torch.Tensor, torch.Tensor | None],
                 groups: Sequence[tuple[Encoded | None, Sequence[Encoded]]], batch_size: int) -> list[torch.Tensor]:
         """P(yes) for the candidates of one prompt, grouped by reference (None in the pointwise layout).
@@ -221,22 +254,11 @@ class PrefixScorer:
         if ({None if r is None else r.layout for r, _ in groups} != {None if reference is None else reference.layout}
                 or {c.layout for _, cs in groups for c in cs} != {candidate.layout}):
             raise LayoutMismatchError("the references or the candidates of one group have different token layouts")
-        inputs = judge.encode([build_context(task, layout, prompt, example[0], reference=example[1])])
-        ids = inputs["input_ids"]
-        image_pos = (ids[0] == self.image_token_id).nonzero().flatten().tolist()
-        grids = inputs.get("image_grid_thw")
+        inputs, pos, image_pos = self._render(task, layout, prompt, example)
         n_ref = 0 if reference is None else len(reference.features)
-        # every image must fit the rendered sequence: its token count and (Qwen) the grid positions follow
-        slots = [(r, n_ref, 0) for r, _ in groups if r is not None] + [
-            (c, len(image_pos) - n_ref, -1) for _, cs in groups for c in cs]
-        if any(len(e.features) != n or (grids is not None and not torch.equal(e.grid, grids[j])) for e, n, j in slots):
-            raise LayoutMismatchError("an image's token layout differs from the one rendered for its group")
+        self._check_layouts(inputs, n_ref, [(r, n_ref, 0) for r, _ in groups if r is not None] + [
+            (c, len(image_pos) - n_ref, -1) for _, cs in groups for c in cs])
         shared, split = image_pos[0], image_pos[n_ref]
-        if self.mrope:
-            pos, _ = judge.backbone.model.get_rope_index(ids, mm_token_type_ids=inputs["mm_token_type_ids"],
-                                                   image_grid_thw=grids, attention_mask=inputs["attention_mask"])
-        else:
-            pos = torch.arange(ids.shape[1], device=ids.device)[None]
         prompt_layers = self._extend(None, inputs, pos, 0, shared, **self._vision_kwargs(inputs, 0, shared, 1))
         out = []
         for reference, candidates in groups:
@@ -245,12 +267,58 @@ class PrefixScorer:
                 layers = self._extend(prompt_layers, inputs, pos, shared, split,
                                       mm_encoder_outputs=self._encoder_outputs([reference.features]),
                                       **self._vision_kwargs(inputs, shared, split, 1, [reference]))
-            out.append(self._suffix(layers, inputs, pos, split, candidates, batch_size))
+            out.append(judge.reward_from_scores(self._suffix(layers, inputs, pos, split, candidates, batch_size)))
             self.scored += len(candidates)
         return out
 
+    def differentiable_scores(self, task, layout: str, prompt: str, candidates: torch.Tensor,
+                              reference: torch.Tensor | None = None, batch_size: int = 16) -> torch.Tensor:
+        """B×2 (yes, no) log-scores of `candidates` (B×3×H×W float images in [0, 1], gradients kept)
+        under one prompt and reference (None in the pointwise layout), for ReFL.
+
+        The prefix (prompt text and reference image) does not depend on the candidates: it runs
+        once under no_grad and its keys/values are cached (bound to the judge's weights), so the
+        graph holds only the candidates' vision encoder and suffix. Raises LayoutMismatchError
+        when the candidates do not share one token layout (the caller scores those plainly).
+        """
+        feats = self._encode(list(candidates))  # with gradients: no feature cache
+        layouts = {layout_ for _, layout_, _ in feats}
+        if len(layouts) != 1:
+            raise LayoutMismatchError("the candidates do not share one token layout")
+        self.prefixes.bind(self._weights_key())
+        key = (task.name, layout, prompt, None if reference is None else content_key(reference), layouts.pop())
+        prefix = self.prefixes.get(key)
+        if prefix is None:
+            with torch.no_grad():
+                prefix = self._prefix(task, layout, prompt, candidates[0].detach(), reference)
+            self.prefixes.put(key, prefix)
+        inputs, pos, split, n_cand, layers = prefix
+        encoded = [Encoded(b"", f, layout_, grid) for f, layout_, grid in feats]
+        self._check_layouts(inputs, 0, [(e, n_cand, -1) for e in encoded])
+        self.scored += len(encoded)
+        return self._suffix(layers, inputs, pos, split, encoded, batch_size)
+
+    def _prefix(self, task, layout: str, prompt: str, example: torch.Tensor, reference: torch.Tensor | None
+                ) -> tuple[dict, torch.Tensor, int, int, list]:
+        """(inputs, positions, index of the candidate's first token, its token count, the keys/values
+        of everything before it) for one prompt and reference."""
+        inputs, pos, image_pos = self._render(task, layout, prompt, (example, reference))
+        n_ref = 0
+        if reference is not None:
+            ref = self.encode_images([reference])[0]
+            n_ref = len(ref.features)
+            self._check_layouts(inputs, n_ref, [(ref, n_ref, 0)])
+        shared, split = image_pos[0], image_pos[n_ref]
+        layers = self._extend(None, inputs, pos, 0, shared, **self._vision_kwargs(inputs, 0, shared, 1))
+        if reference is not None:
+            layers = self._extend(layers, inputs, pos, shared, split,
+                                  mm_encoder_outputs=self._encoder_outputs([ref.features]),
+                                  **self._vision_kwargs(inputs, shared, split, 1, [ref]))
+        return inputs, pos, split, len(image_pos) - n_ref, layers
+
     def _suffix(self, layers: list, inputs: dict, pos: torch.Tensor, split: int, candidates: Sequence[Encoded],
                 batch_size: int) -> torch.Tensor:
+        """B×2 answer log-scores of the candidates, each run from `split` on against the prefix `layers`."""
         judge, ids, out = self.judge, inputs["input_ids"], []
         length = ids.shape[1]
         for i in range(0, len(candidates), batch_size):
@@ -264,5 +332,5 @@ class PrefixScorer:
                 mm_encoder_outputs=self._encoder_outputs([c.features for c in chunk]),
                 **self._vision_kwargs(inputs, split, length, b, chunk),
             ).last_hidden_state
-            out.append(judge.reward_from_scores(judge.head_scores(hidden[:, -1])))
+            out.append(judge.head_scores(hidden[:, -1]))
         return torch.cat(out)

@@ -32,16 +32,13 @@ from typing import Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..config import ConfigError, config_dict, save_config
-from ..generators import ShapeWorldGenerator, ShapeWorldGeneratorConfig
+from ..generators import ShapeWorldGenerator, ShapeWorldGeneratorConfig, evaluate_generator
 from ..generators.shapeworld import parameter_count
 from ..train.engine import Checkpointer, MetricsLog, atomic_dir, rng_state, set_rng_state
-from ..world import CATEGORIES, check, random_spec, render, sample_scene
-from ..world.render import ID_BACKGROUNDS
-
-COMPOSITIONAL = ("two_object", "counting", "position", "color_attr")
+from ..world import CATEGORIES
+from ..world.generation import COMPOSITIONAL, checker_metric, heldout_prompts, render_batch
 
 
 @dataclass
@@ -77,85 +74,14 @@ class GeneratorPretrainConfig:
     progress: bool = True
 
 
-# ------------------------------------------------------------------ data
-def heldout_prompts(categories: list[str], n_per_category: int, seed: int) -> dict[str, list[str]]:
-    """`n_per_category` distinct prompts per category, drawn from `seed`: the fixed evaluation set."""
-    rng = np.random.default_rng(seed)
-    out: dict[str, list[str]] = {}
-    for category in categories:
-        prompts: list[str] = []
-        for _ in range(100 * n_per_category):  # bounded: single_object has only 6 distinct prompts
-            prompt = random_spec(rng, category).prompt()
-            if prompt not in prompts:
-                prompts.append(prompt)
-            if len(prompts) == n_per_category:
-                break
-        else:
-            raise ConfigError(f"eval_prompts_per_category: {category} has fewer than {n_per_category} prompts")
-        out[category] = prompts
-    return out
-
-
-def training_batch(step: int, cfg: GeneratorPretrainConfig, excluded: set[str]) -> tuple[list[str], torch.Tensor]:
-    """The prompts and renders (B×3×H×W in [-1, 1]) of global step `step`: a pure function of (seed, step).
-    Prompts in `excluded` (the held-out set) are redrawn; dropped captions are ""."""
-    rng = np.random.default_rng([cfg.seed, step])
-    prompts, images = [], []
-    for _ in range(cfg.batch_size):
-        while True:
-            spec = random_spec(rng, cfg.categories[int(rng.integers(len(cfg.categories)))])
-            if spec.prompt() not in excluded:
-                break
-        scene = sample_scene(rng, spec, background=ID_BACKGROUNDS[int(rng.integers(len(ID_BACKGROUNDS)))])
-        images.append(np.asarray(render(scene, cfg.model.image_size)))
-        prompts.append("" if rng.random() < cfg.caption_dropout else spec.prompt())
-    x0 = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
-    return prompts, x0
-
-
-def flow_matching_loss(gen: ShapeWorldGenerator, prompts: list[str], x0: torch.Tensor, generator: torch.Generator,
-                       sigma_sampling: str) -> torch.Tensor:
-    """Mean squared error of the predicted velocity against eps - x0 at a random sigma per sample."""
-    b = x0.shape[0]
-    if sigma_sampling == "logit-normal":  # most samples at mid noise, where the content is decided
-        sigma = torch.sigmoid(torch.randn(b, generator=generator))
-    else:
-        sigma = torch.rand(b, generator=generator)
-    eps = torch.randn(x0.shape, generator=generator)
-    s = sigma.view(-1, 1, 1, 1)
-    x_t = (1 - s) * x0 + s * eps
-    v = gen.velocity(x_t, sigma, gen.encode_prompts(prompts))
-    return F.mse_loss(v, eps - x0)
-
-
 # ------------------------------------------------------------------ evaluation
-@torch.no_grad()
 def evaluate(gen: ShapeWorldGenerator, prompts: dict[str, list[str]], cfg: GeneratorPretrainConfig
              ) -> tuple[dict[str, float], torch.Tensor]:
     """Checker pass rate (and mean constraint score) per category and overall on prompts x seeds 0..N-1;
     also the images of the first seed, for a grid."""
-    was_training = gen.training
-    gen.eval()
-    rows = [(c, p, s) for c, ps in prompts.items() for p in ps for s in range(cfg.eval_seeds)]
-    passed, scores, first = [], [], []
-    for i in range(0, len(rows), cfg.eval_batch_size):
-        chunk = rows[i:i + cfg.eval_batch_size]
-        out = gen.sample([p for _, p, _ in chunk], seeds=[s for *_, s in chunk], num_steps=cfg.eval_num_steps,
-                         guidance_scale=cfg.eval_guidance_scale)
-        for (_, p, s), img in zip(chunk, out.images):
-            result = check(img, p, quality=False)
-            passed.append(result.passed)
-            scores.append(result.score)
-            if s == 0:
-                first.append(img)
-    gen.train(was_training)
-    report: dict[str, float] = {"pass_rate": float(np.mean(passed)), "score": float(np.mean(scores)),
-                                "n_images": len(rows)}
-    for category in prompts:
-        idx = [i for i, (c, _, _) in enumerate(rows) if c == category]
-        report[f"pass_rate_{category}"] = float(np.mean([passed[i] for i in idx]))
-        report[f"score_{category}"] = float(np.mean([scores[i] for i in idx]))
-    return report, torch.stack(first)
+    ev = evaluate_generator(gen, prompts, range(cfg.eval_seeds), checker_metric, num_steps=cfg.eval_num_steps,
+                            guidance_scale=cfg.eval_guidance_scale, batch_size=cfg.eval_batch_size)
+    return ev.report, ev.images[::cfg.eval_seeds]
 
 
 def save_grid(images: torch.Tensor, path: Path, columns: int = 8) -> None:
@@ -232,9 +158,10 @@ def pretrain_generator(cfg: GeneratorPretrainConfig, command: str | None = None)
     stop = cfg.max_minutes is not None and elapsed >= cfg.max_minutes  # a finished run resumed: nothing to do
     while step < cfg.max_steps and not stop:
         t0 = time.perf_counter()
-        prompts, x0 = training_batch(step, cfg, excluded)
+        prompts, x0 = render_batch(cfg.seed, step, cfg.batch_size, cfg.model.image_size, categories=cfg.categories,
+                                   excluded=excluded, caption_dropout=cfg.caption_dropout)
         noise_rng = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-        loss = flow_matching_loss(gen, prompts, x0, noise_rng, cfg.sigma_sampling)
+        loss = gen.flow_matching_loss(prompts, x0, noise_rng, cfg.sigma_sampling)
         loss.backward()
         if cfg.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(gen.trainable_parameters(), cfg.max_grad_norm)
