@@ -221,6 +221,27 @@ def cmd_generator_pretrain(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# ------------------------------------------------------------------ rl
+def cmd_rl_refl(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .recipes.refl import ReFLConfig, command_line, refl
+
+    _quiet_transformers()
+    cfg = load_config(ReFLConfig, args.config, args.overrides)
+    refl(cfg, command=command_line(args.config, args.overrides))
+    return EXIT_OK
+
+
+def cmd_rl_search(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .recipes.search import SearchConfig, command_line, run_search
+
+    _quiet_transformers()
+    cfg = load_config(SearchConfig, args.config, args.overrides)
+    run_search(cfg, args.rl_command, command=command_line(args.rl_command, args.config, args.overrides))
+    return EXIT_OK
+
+
 # ------------------------------------------------------------------ serve
 def cmd_serve(args: argparse.Namespace) -> int:
     from .models.presets import parse_preset_name
@@ -341,6 +362,21 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--config", help="YAML file of settings; key=value arguments override it")
     g.add_argument("overrides", nargs="*", metavar="key=value")
     g.set_defaults(func=cmd_generator_pretrain)
+
+    from .recipes.refl import ReFLConfig
+    from .recipes.search import SearchConfig
+
+    q = sub.add_parser("rl", help="align a generator with a judge: ReFL, Best-of-N, search over paths")
+    rsub = q.add_subparsers(dest="rl_command", required=True)
+    for name, schema, func, text in (
+            ("refl", ReFLConfig, cmd_rl_refl, "fine-tune a generator with ReFL against a frozen judge"),
+            ("best-of-n", SearchConfig, cmd_rl_search, "Best-of-N with a judge, gain measured by the ground truth"),
+            ("search", SearchConfig, cmd_rl_search, "search over sampling paths vs Best-of-N at equal judge calls")):
+        r = rsub.add_parser(name, help=text, formatter_class=argparse.RawDescriptionHelpFormatter,
+                            epilog="keys (default, type):\n" + describe(schema))
+        r.add_argument("--config", help="YAML file of settings; key=value arguments override it")
+        r.add_argument("overrides", nargs="*", metavar="key=value")
+        r.set_defaults(func=func)
 
     from .serve.config import ServeConfig
 

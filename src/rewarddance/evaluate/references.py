@@ -64,6 +64,24 @@ def best_of_n(rm: RewardModel, prompt: str, images: Sequence[Any], *, task: str 
         return select(rm.win_matrix(prompt, list(images), task=task, batch_size=batch_size))
 
 
+def generator_references(gen: Any, rm: RewardModel, prompts: Sequence[str], *, n: int = 4, seed: int = 0,
+                         num_steps: int = 20, guidance_scale: float = 3.0, task: str | None = None,
+                         indices: Sequence[int] | None = None, progress: bool = False) -> dict[int, torch.Tensor]:
+    """References drawn from a generator (a `rewarddance.generators.Generator`): for each prompt (or the
+    prompts at `indices`, a data-parallel rank's share), `n` samples from seeds fixed by (seed, prompt
+    index), and the Best-of-N pick by win counts under `rm`. Returns index -> 3×H×W image in [0, 1].
+    The RL recipes compute these once, from the STARTING generator."""
+    out: dict[int, torch.Tensor] = {}
+    todo = list(range(len(prompts)) if indices is None else indices)
+    for i in tqdm(todo, desc="references (Best-of-N)", unit="prompt", file=sys.stderr, disable=not progress):
+        seeds = [10_000_000 + seed * 100_003 + i * n + j for j in range(n)]
+        with torch.no_grad():
+            images = gen.sample([prompts[i]] * n, seeds=seeds, num_steps=num_steps,
+                                guidance_scale=guidance_scale).images
+        out[i] = images[best_of_n(rm, prompts[i], list(images), task=task).index]
+    return out
+
+
 def select_references(rm: RewardModel, input: str | os.PathLike, output: str | os.PathLike, *,
                       n: int | None = None, task: str | None = None, batch_size: int = 16, strict: bool = False,
                       progress: bool = True) -> tuple[int, int]:

@@ -13,7 +13,7 @@ Best-of-N use them; `rewarddance generator pretrain` trains a ShapeWorld generat
 from pathlib import Path
 
 from .base import Generator, SampleOutput, StepOutput, seeded_noise
-from .evaluation import GeneratorEvaluation, Metric, evaluate_generator
+from .evaluation import GeneratorEvaluation, Metric, evaluate_generator, save_grid
 from .shapeworld import LORA_TARGETS, ShapeWorldGenerator, ShapeWorldGeneratorConfig
 
 PRETRAINED = "shapeworld-flow"
@@ -39,5 +39,6 @@ __all__ = [
     "StepOutput",
     "evaluate_generator",
     "pretrained_path",
+    "save_grid",
     "seeded_noise",
 ]

@@ -150,10 +150,12 @@ class Generator(nn.Module, ABC):
         return (1 - s) * x0 + s * eps
 
     def flow_matching_loss(self, prompts: Sequence[str], x0: Tensor, generator: torch.Generator,
-                           sigma_sampling: str = "logit-normal") -> Tensor:
+                           sigma_sampling: str = "logit-normal", rows: slice | None = None) -> Tensor:
         """The pretraining loss on clean states `x0` (B×3×H×W in [-1, 1]): mean squared error of the
         velocity against eps - x0 at a random sigma per sample, logit-normal(0, 1) (SD3's choice: most
-        samples at mid noise, where the content is decided) or uniform. Noise comes from `generator`.
+        samples at mid noise, where the content is decided) or uniform. Noise comes from `generator`,
+        drawn for the whole batch; `rows` computes the loss on those samples only (a data-parallel
+        rank's share of a global batch, with the noise the whole batch would give them).
         ReFL adds it on the generator's own data as a regulariser."""
         b = x0.shape[0]
         if sigma_sampling == "logit-normal":
@@ -163,7 +165,9 @@ class Generator(nn.Module, ABC):
         else:
             raise ValueError(f"sigma_sampling: 'logit-normal' or 'uniform', got {sigma_sampling!r}")
         eps = torch.randn(x0.shape, generator=generator)
-        sigma, eps = sigma.to(x0.device, x0.dtype), eps.to(x0.device, x0.dtype)
+        rows = rows or slice(None)
+        x0, prompts = x0[rows], list(prompts)[rows]
+        sigma, eps = sigma[rows].to(x0.device, x0.dtype), eps[rows].to(x0.device, x0.dtype)
         x_t = (1 - _per_sample(sigma, x0)) * x0 + _per_sample(sigma, x0) * eps
         v = self.velocity(x_t, sigma, self.encode_prompts(prompts))
         return torch.nn.functional.mse_loss(v, eps - x0)

@@ -17,7 +17,9 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
+import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -70,3 +72,17 @@ def evaluate_generator(gen: Generator, prompts: Mapping[str, Sequence[str]], see
             report[f"score_{category}"] = float(np.mean([scores[i] for i in idx]))
     return GeneratorEvaluation(report, torch.cat(images) if images else torch.zeros(0, *gen.image_shape),
                                [p for _, p, _ in table], passed)
+
+
+def save_grid(images: torch.Tensor, path: str | Path, columns: int = 8) -> None:
+    """A PNG grid of images (N×3×H×W in [0, 1]), `columns` wide, upscaled 2x."""
+    from PIL import Image
+
+    n, _, h, w = images.shape
+    rows = math.ceil(n / columns)
+    grid = torch.ones(3, rows * (h + 2), columns * (w + 2))
+    for i, img in enumerate(images):
+        r, c = divmod(i, columns)
+        grid[:, r * (h + 2) + 1:r * (h + 2) + 1 + h, c * (w + 2) + 1:c * (w + 2) + 1 + w] = img
+    arr = (grid.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
+    Image.fromarray(arr).resize((arr.shape[1] * 2, arr.shape[0] * 2), Image.Resampling.NEAREST).save(path)

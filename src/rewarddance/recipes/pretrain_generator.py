@@ -21,7 +21,6 @@ report.json. Killed and restarted with the same command, a run resumes from its 
 from __future__ import annotations
 
 import json
-import math
 import shlex
 import shutil
 import sys
@@ -34,7 +33,7 @@ import numpy as np
 import torch
 
 from ..config import ConfigError, config_dict, save_config
-from ..generators import ShapeWorldGenerator, ShapeWorldGeneratorConfig, evaluate_generator
+from ..generators import ShapeWorldGenerator, ShapeWorldGeneratorConfig, evaluate_generator, save_grid
 from ..generators.shapeworld import parameter_count
 from ..train.engine import Checkpointer, MetricsLog, atomic_dir, rng_state, set_rng_state
 from ..world import CATEGORIES
@@ -82,20 +81,6 @@ def evaluate(gen: ShapeWorldGenerator, prompts: dict[str, list[str]], cfg: Gener
     ev = evaluate_generator(gen, prompts, range(cfg.eval_seeds), checker_metric, num_steps=cfg.eval_num_steps,
                             guidance_scale=cfg.eval_guidance_scale, batch_size=cfg.eval_batch_size)
     return ev.report, ev.images[::cfg.eval_seeds]
-
-
-def save_grid(images: torch.Tensor, path: Path, columns: int = 8) -> None:
-    """A PNG grid of images (N×3×H×W in [0, 1]), upscaled 2x, one held-out prompt per cell."""
-    from PIL import Image
-
-    n, _, h, w = images.shape
-    rows = math.ceil(n / columns)
-    grid = torch.ones(3, rows * (h + 2), columns * (w + 2))
-    for i, img in enumerate(images):
-        r, c = divmod(i, columns)
-        grid[:, r * (h + 2) + 1:r * (h + 2) + 1 + h, c * (w + 2) + 1:c * (w + 2) + 1 + w] = img
-    arr = (grid.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
-    Image.fromarray(arr).resize((arr.shape[1] * 2, arr.shape[0] * 2), Image.Resampling.NEAREST).save(path)
 
 
 # ------------------------------------------------------------------ the run

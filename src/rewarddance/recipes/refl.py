@@ -1,0 +1,394 @@
+"""Recipe: fine-tune a generator against a frozen judge with ReFL, the hacking monitor on.
+
+    rewarddance rl refl rm=runs/judge/final max_steps=300 max_minutes=30
+    rewarddance rl refl --config src/rewarddance/recipes/configs/refl.yaml rm=... loss=hinge margin=0.9
+    torchrun --standalone --nproc_per_node 2 -m rewarddance.cli rl refl rm=...      # data-parallel
+
+Setup: config, the generator (committed ShapeWorld weights by default; LoRA adapters or full
+fine-tuning), the frozen judge (`requires_grad=False`, eval mode), the prompt pool and, for a
+pairwise judge, each prompt's reference: the Best-of-N pick (win counts under the judge,
+`evaluate.references.select`) among `reference_candidates` samples of the STARTING generator,
+computed once and cached in `references.pt`. The loop (`rl.refl.refl_forward`): step s draws its
+prompts, seeds and gradient step from (seed, s) alone, so a resumed run redraws what an
+uninterrupted one drew. Row s of metrics.jsonl is the monitor's row for batch s under the
+generator after s updates (row 0: before any update); every `eval_steps` rows (and the last)
+carry `gt_pass_rate`, the ground truth on FIXED held-out prompts x seeds. Saved: atomic
+`checkpoints/step-N` (trainable weights, optimizer, EMA, RNG, monitor; the references file
+beside them), `final/` (the generator, LoRA merged; `final/lora/` the adapter alone in the
+diffusers format), `report.json`, `monitor.png`, `curves.png`, TensorBoard.
+
+ShapeWorld is wired here, not in rl/: the prompt pool, the held-out prompts, the regularisation
+renders (`pretrain_weight`) and the checker (`ground_truth`) come from rewarddance.world.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shlex
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from ..config import ConfigError, config_dict, save_config
+from ..evaluate.references import generator_references
+from ..evaluate.scoring import shard_info
+from ..generators import ShapeWorldGenerator, evaluate_generator, pretrained_path, save_grid
+from ..rl.monitor import HackingMonitor, MonitorConfig, diversity, plot_monitor
+from ..rl.refl import REWARD_LOSSES, refl_forward
+from ..train.engine import Checkpointer, MetricsLog, atomic_dir, rng_state, set_rng_state
+from ..world.generation import COMPOSITIONAL, checker_metric, heldout_prompts, render_batch, training_prompts
+
+
+@dataclass
+class ReFLConfig:
+    """Settings of `rewarddance rl refl` (YAML keys; override any with key=value, `monitor.x=...`)."""
+
+    rm: str | None = None  # the judge: a checkpoint directory or preset name; required
+    generator: str = "shapeworld-flow"  # a generator directory, or the name of a committed one
+    task: str | None = None  # the judge's task (default: its checkpoint's)
+    rm_dtype: Literal["float32", "bfloat16"] = "float32"
+    output_dir: str = "runs/refl"
+    # prompts: a pool drawn once from ShapeWorld's categories, or a text file with one prompt per line
+    prompts: str = "shapeworld"
+    categories: list[str] = field(default_factory=lambda: list(COMPOSITIONAL))
+    n_prompts: int = 256
+    prompts_per_step: int = 4
+    samples_per_prompt: int = 2  # diversity is measured between the samples of one prompt
+    # sampling
+    num_steps: int = 20
+    grad_steps: list[int] = field(default_factory=lambda: [14, 19])  # k uniform in [lo, hi] (ImageReward: 30-39 of 40)
+    guidance_scale: float = 3.0
+    reference_candidates: int = 4  # pairwise judges: Best-of-N pool per prompt for its reference
+    # optimisation
+    max_steps: int = 200  # generator updates
+    max_minutes: float | None = None  # stop cleanly after this much training time (evaluation included)
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 10
+    max_grad_norm: float = 1.0  # 0: no clipping (the norm is still logged)
+    lora_r: int = 8  # 0: full fine-tuning of the denoiser and text encoder
+    lora_alpha: int | None = None  # default: lora_r (scale 1)
+    loss: Literal["neg-reward", "hinge", "neg-log"] = "neg-reward"
+    margin: float = 1.0  # hinge: ReLU(margin - r)
+    reward_scale: float = 1.0  # multiplies the reward loss (ImageReward's grad_scale)
+    pretrain_weight: float = 0.0  # weight of the flow-matching loss on the generator's own data (renders)
+    pretrain_batch_size: int = 16
+    ema_decay: float = 0.0  # > 0: an EMA of the trainable weights evaluates and is saved as final/
+    gradient_checkpointing: bool = False  # recompute the denoiser's activations in the backward pass
+    # evaluation on fixed held-out prompts x seeds
+    ground_truth: Literal["shapeworld", "none"] = "shapeworld"
+    eval_steps: int = 25  # rows with gt_pass_rate: 0, eval_steps, 2 eval_steps, ..., and the last
+    eval_categories: list[str] = field(default_factory=lambda: list(COMPOSITIONAL))
+    eval_prompts_per_category: int = 16
+    eval_seeds: int = 4
+    eval_seed: int = 1234
+    eval_batch_size: int = 64
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
+    seed: int = 0
+    save_steps: int = 25
+    keep_checkpoints: int = 2
+    tensorboard: bool = True
+    progress: bool = True
+
+
+# ------------------------------------------------------------------ setup helpers
+def check_config(cfg: ReFLConfig) -> None:
+    if not cfg.rm:
+        raise ConfigError("rm: the judge to fine-tune against is required (a checkpoint directory or preset name)")
+    lo, hi = (cfg.grad_steps + [None, None])[:2]
+    if len(cfg.grad_steps) != 2 or not 0 <= lo <= hi < cfg.num_steps:
+        raise ConfigError(f"grad_steps: [lo, hi] with 0 <= lo <= hi < num_steps ({cfg.num_steps}), "
+                          f"got {cfg.grad_steps}")
+    if cfg.loss not in REWARD_LOSSES:
+        raise ConfigError(f"loss: one of {REWARD_LOSSES}, got {cfg.loss!r}")
+    for key in ("prompts_per_step", "samples_per_prompt", "n_prompts", "eval_steps", "save_steps"):
+        if getattr(cfg, key) < 1:
+            raise ConfigError(f"{key}: must be >= 1, got {getattr(cfg, key)}")
+    if not 0.0 <= cfg.ema_decay < 1.0:
+        raise ConfigError(f"ema_decay: in [0, 1), got {cfg.ema_decay}")
+
+
+def load_prompts(cfg: ReFLConfig, excluded: set[str]) -> list[str]:
+    """The training prompt pool."""
+    if cfg.prompts == "shapeworld":
+        return training_prompts(cfg.categories, cfg.n_prompts, cfg.seed, excluded)
+    path = Path(cfg.prompts)
+    if not path.exists():
+        raise ConfigError(f"prompts: {path} does not exist (give 'shapeworld' or a text file, one prompt per line)")
+    prompts = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if not prompts:
+        raise ConfigError(f"prompts: {path} has no prompts")
+    return prompts
+
+
+def step_plan(cfg: ReFLConfig, step: int, n_prompts: int) -> tuple[list[int], list[int], int]:
+    """(prompt indices repeated per sample, sample seeds, gradient step) of global step `step`: a pure
+    function of (seed, step)."""
+    rng = np.random.default_rng([cfg.seed, step])
+    chosen = rng.choice(n_prompts, size=min(cfg.prompts_per_step, n_prompts), replace=False).tolist()
+    idx = [i for i in chosen for _ in range(cfg.samples_per_prompt)]
+    seeds = rng.integers(0, 2**31 - 1, size=len(idx)).tolist()
+    k = int(rng.integers(cfg.grad_steps[0], cfg.grad_steps[1] + 1))
+    return idx, seeds, k
+
+
+def gather(x: torch.Tensor, world: int) -> torch.Tensor:
+    """Concatenate equal-shaped tensors of every rank, in rank order."""
+    if world == 1:
+        return x
+    import torch.distributed as dist
+
+    parts = [torch.empty_like(x) for _ in range(world)]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts)
+
+
+def gather_objects(obj: Any, world: int) -> list[Any]:
+    if world == 1:
+        return [obj]
+    import torch.distributed as dist
+
+    out: list[Any] = [None] * world
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def command_line(config_file: str | None, overrides: list[str]) -> str:
+    parts = ["rewarddance", "rl", "refl"] + (["--config", config_file] if config_file else []) + overrides
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+# ------------------------------------------------------------------ the run
+def refl(cfg: ReFLConfig, command: str | None = None) -> Path:
+    """Run the recipe; returns `output_dir` (its report.json holds the before/after numbers)."""
+    import rewarddance as rd
+    from diffusers.training_utils import EMAModel
+    from tqdm import tqdm
+    from transformers import get_constant_schedule_with_warmup
+
+    check_config(cfg)
+    rank, world = shard_info()
+    main = rank == 0
+    for key in ("prompts_per_step", "pretrain_batch_size"):
+        if getattr(cfg, key) % world:
+            raise ConfigError(f"{key} ({getattr(cfg, key)}) must be a multiple of the {world} processes")
+    wall0 = time.perf_counter()
+    out = Path(cfg.output_dir)
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.yaml")
+    torch.manual_seed(cfg.seed)
+
+    # the judge: frozen, eval mode; gradients reach the pixels only
+    rm = rd.load(cfg.rm, dtype=getattr(torch, cfg.rm_dtype))
+    rm.judge.requires_grad_(False).eval()
+    pairwise = rm.layout == "pairwise"
+    reward_fn = rm.reward_fn(cfg.task)
+
+    gen_path = Path(cfg.generator)
+    gen = ShapeWorldGenerator.from_pretrained(gen_path if gen_path.exists() else pretrained_path(cfg.generator))
+    heldout = heldout_prompts(cfg.eval_categories, cfg.eval_prompts_per_category, cfg.eval_seed)
+    excluded = {p for ps in heldout.values() for p in ps}
+    prompts = load_prompts(cfg, excluded)
+    references = None
+    if pairwise:  # from the STARTING generator: computed before any update, cached across restarts
+        ref_file = out / "references.pt"
+        key = {"rm": str(cfg.rm), "generator": str(cfg.generator), "prompts": prompts,
+               "candidates": cfg.reference_candidates, "num_steps": cfg.num_steps, "seed": cfg.seed}
+        cached = torch.load(ref_file, weights_only=False) if ref_file.exists() else None
+        if cached is not None and cached["key"] == key:
+            references = cached["images"]
+        else:
+            mine = generator_references(gen, rm, prompts, n=cfg.reference_candidates, seed=cfg.seed,
+                                        num_steps=cfg.num_steps, guidance_scale=cfg.guidance_scale, task=cfg.task,
+                                        indices=range(rank, len(prompts), world), progress=cfg.progress and main)
+            merged = {i: img for part in gather_objects(mine, world) for i, img in part.items()}
+            references = torch.stack([merged[i] for i in range(len(prompts))])
+            if main:
+                torch.save({"key": key, "images": references}, ref_file)
+
+    if cfg.lora_r > 0:
+        gen.add_lora(r=cfg.lora_r, alpha=cfg.lora_alpha)
+    if cfg.gradient_checkpointing:
+        gen.unet.enable_gradient_checkpointing()
+    gen.train()
+    params = gen.trainable_parameters()
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = get_constant_schedule_with_warmup(optimizer, cfg.warmup_steps)
+    ema = EMAModel(params, decay=cfg.ema_decay) if cfg.ema_decay > 0 else None
+    monitor = HackingMonitor(cfg.monitor)
+    checkpointer = Checkpointer(out, keep=max(cfg.keep_checkpoints, 1))
+
+    def trainable_state() -> dict[str, torch.Tensor]:
+        names = {id(p) for p in params}
+        return {k: v.detach().clone() for k, v in gen.named_parameters() if id(v) in names}
+
+    step, elapsed, wall_before = 0, 0.0, 0.0
+    latest = checkpointer.latest()
+    if latest is not None:
+        state = Checkpointer.load_state(latest)
+        missing = set(trainable_state()) ^ set(state["trainable"])
+        if missing:
+            raise ConfigError(f"output_dir: {latest} was written by a run with other trainable weights "
+                              f"(lora_r?); use a new output_dir")
+        gen.load_state_dict(state["trainable"], strict=False)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
+        monitor.load_state_dict(state["monitor"])
+        set_rng_state(state["rng"])
+        step, elapsed, wall_before = state["step"], state["elapsed"], state["wall_minutes"]
+        if main:
+            print(f"resuming from {latest} (next row: step {step})", file=sys.stderr)
+    log = MetricsLog(out, resume_step=step - 1, tensorboard=cfg.tensorboard) if main else None
+
+    def evaluate() -> dict[str, Any]:
+        """Ground truth on the held-out prompts x seeds (EMA weights when on), split over the ranks."""
+        if cfg.ground_truth == "none":
+            return {}
+        if ema is not None:
+            ema.store(params)
+            ema.copy_to(params)
+        n_rows = sum(len(v) for v in heldout.values()) * cfg.eval_seeds
+        ev = evaluate_generator(gen, heldout, range(cfg.eval_seeds), checker_metric, num_steps=cfg.num_steps,
+                                guidance_scale=cfg.guidance_scale, batch_size=cfg.eval_batch_size,
+                                rows=list(range(rank, n_rows, world)))
+        if ema is not None:
+            ema.restore(params)
+        parts = gather_objects((ev.passed, ev.prompts, ev.images), world)
+        passed = [v for p in parts for v in p[0]]
+        images = torch.cat([p[2] for p in parts])
+        groups = [q for p in parts for q in p[1]]
+        return {"gt_pass_rate": float(np.mean(passed)), "eval_diversity": diversity(images, groups),
+                "eval_images": images, "eval_prompts": groups}
+
+    def save_checkpoint() -> None:
+        state = {"step": step, "elapsed": elapsed, "wall_minutes": wall_minutes(), "trainable": trainable_state(),
+                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                 "ema": None if ema is None else ema.state_dict(), "monitor": monitor.state_dict(),
+                 "rng": rng_state()}
+        checkpointer.save(step, lambda p: None, state)
+
+    def wall_minutes() -> float:
+        return wall_before + (time.perf_counter() - wall0) / 60
+
+    bar = tqdm(total=cfg.max_steps + 1, initial=step, desc="refl", unit="step", file=sys.stderr,
+               disable=not cfg.progress or not main)
+    last_eval: dict[str, Any] = {}
+    stopping = False  # out of time or stopped by the monitor: the next row is the last (no update, evaluated)
+    while step <= cfg.max_steps:
+        t0 = time.perf_counter()
+        idx, seeds, k = step_plan(cfg, step, len(prompts))
+        per_rank = len(idx) // world
+        mine = slice(rank * per_rank, (rank + 1) * per_rank)
+        batch_prompts = [prompts[i] for i in idx[mine]]
+        refs = None if references is None else [references[i] for i in idx[mine]]
+        update = step < cfg.max_steps and not stopping
+        with torch.set_grad_enabled(update):
+            res = refl_forward(gen, reward_fn, batch_prompts, seeds[mine], step_index=k, num_steps=cfg.num_steps,
+                               guidance_scale=cfg.guidance_scale, references=refs, loss=cfg.loss,
+                               margin=cfg.margin, reward_scale=cfg.reward_scale)
+            loss, reg = res.loss, None
+            if cfg.pretrain_weight > 0:  # the generator's own data keeps it close to what it was
+                reg_prompts, x0 = render_batch(cfg.seed + 7919, step, cfg.pretrain_batch_size, gen.image_shape[-1],
+                                               categories=cfg.categories, excluded=excluded, caption_dropout=0.1)
+                noise = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+                share = cfg.pretrain_batch_size // world
+                reg = gen.flow_matching_loss(reg_prompts, x0.to(gen.device), noise,
+                                             rows=slice(rank * share, (rank + 1) * share))
+                loss = loss + cfg.pretrain_weight * reg
+        grad_norm = None
+        if update:
+            loss.backward()
+            if world > 1:  # average the gradients over the ranks (each holds an equal share of the batch)
+                import torch.distributed as dist
+
+                for p in params:
+                    if p.grad is not None:
+                        dist.all_reduce(p.grad)
+                        p.grad /= world
+            limit = cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, limit))
+        evaluation = evaluate() if step % cfg.eval_steps == 0 or not update else {}
+        extra = {"loss": float(gather(loss.detach().reshape(1), world).mean()), "step_index": k,
+                 "lr": scheduler.get_last_lr()[0], "minutes": elapsed}
+        if reg is not None:
+            extra["pretrain_loss"] = float(gather(reg.detach().reshape(1), world).mean())
+        if "eval_diversity" in evaluation:
+            extra["eval_diversity"] = evaluation["eval_diversity"]
+        row = monitor.update(step, gather(res.rewards.float(), world), images=gather(res.images, world), groups=idx,
+                             grad_norm=grad_norm, gt_pass_rate=evaluation.get("gt_pass_rate"), extra=extra)
+        if evaluation:
+            last_eval = evaluation
+        if main:
+            log.log(row)
+            bar.update(1)
+            bar.set_postfix(reward=f"{row['reward_mean']:.3f}",
+                            gt="" if row.get("gt_pass_rate") is None else f"{row['gt_pass_rate']:.0%}")
+        if update:
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            if ema is not None:
+                ema.step(params)
+        step += 1
+        elapsed += (time.perf_counter() - t0) / 60
+        if not update:
+            break
+        stopping = monitor.should_stop or (cfg.max_minutes is not None and elapsed >= cfg.max_minutes)
+        if main and (step % cfg.save_steps == 0 or stopping):
+            save_checkpoint()
+        if world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+    bar.close()
+    if not main:
+        return out
+
+    if ema is not None:
+        ema.copy_to(params)
+
+    def write(p: Path) -> None:
+        gen.save_pretrained(p)
+        if cfg.lora_r > 0:
+            gen.unet.save_lora_adapter(p / "lora", weight_name="pytorch_lora_weights.safetensors")
+
+    final = atomic_dir(out / "final", write)
+    rows = log.rows
+    gt_rows = [r for r in rows if r.get("gt_pass_rate") is not None]
+    div_rows = [r for r in rows if r.get("eval_diversity") is not None]
+    report = {
+        "command": command or command_line(None, []),
+        "rm": str(cfg.rm), "layout": rm.layout, "generator": str(cfg.generator),
+        "steps": max(r["step"] for r in rows if "reward_mean" in r),
+        "train_minutes": round(elapsed, 2), "wall_minutes": round(wall_minutes(), 2),
+        **monitor.summary(),
+        # diversity of the held-out samples (final images, `eval_seeds` per prompt); the monitor's own,
+        # on each step's predicted clean images, is kept as train_diversity_*
+        "train_diversity_before": monitor.summary()["diversity_before"],
+        "train_diversity_after": monitor.summary()["diversity_after"],
+        "diversity_before": div_rows[0]["eval_diversity"] if div_rows else None,
+        "diversity_after": div_rows[-1]["eval_diversity"] if div_rows else None,
+        "gt_pass_rate_before": gt_rows[0]["gt_pass_rate"] if gt_rows else None,
+        "gt_pass_rate_after": gt_rows[-1]["gt_pass_rate"] if gt_rows else None,
+        "config": config_dict(cfg), "processes": world, "torch_threads": torch.get_num_threads(),
+    }
+    (out / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    if last_eval.get("eval_images") is not None:
+        save_grid(last_eval["eval_images"][::cfg.eval_seeds], final / "samples.png")
+    log.close()
+    log.plot(keys=("reward_mean", "reward_std_window", "gt_pass_rate", "eval_diversity", "loss"))
+    plot_monitor(rows, out / "monitor.png")
+    before, after = report["gt_pass_rate_before"], report["gt_pass_rate_after"]
+    if before is not None:
+        print(f"refl: {report['steps']} steps in {elapsed:.1f} min; held-out pass rate {before:.1%} -> {after:.1%}; "
+              f"hacking flagged: {report.get('hacking_flagged')} -> {final}", file=sys.stderr)
+    return out

@@ -1,0 +1,215 @@
+"""Recipe: inference-time scaling with a judge, measured by the ground truth: Best-of-N and search over paths.
+
+    rewarddance rl best-of-n rm=runs/judge/final n=[1,2,4,8,16]
+    rewarddance rl search rm=runs/judge/final paths=[4,8] branches=2 every=5
+
+For every held-out prompt (fixed: `eval_prompts_per_category` per category, drawn from
+`eval_seed`) and each of `repeats` independent draws, the generator's samples are scored by the
+judge and the pick is checked by the ground truth (ShapeWorld's checker):
+
+- best-of-n: max(n) samples are drawn once and scored once; Best-of-N for each n is the best of
+  the first n (nested, so the curve is monotone in compute and its points share samples). Also
+  reported: the pass rate of a random sample (n = 1) and pass@n (any of the n passes: what a
+  perfect judge would reach).
+- search: `rl.search.search_over_paths` for each population size in `paths`, beside Best-of-N
+  at the SAME number of judge calls (and its generator evaluations), so the two are compared
+  at equal judge compute.
+
+Scoring (`scorer`): a pointwise judge's reward, or a pairwise judge's P(sample beats the prompt's
+reference), the reference being the Best-of-N pick by win counts among `reference_candidates`
+samples drawn from other seeds. Writes results.json, results.md and gain.png under output_dir.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from ..config import ConfigError, config_dict, save_config
+from ..evaluate.references import generator_references
+from ..generators import ShapeWorldGenerator, pretrained_path
+from ..rl.search import best_of_n, search_over_paths
+from ..world.generation import COMPOSITIONAL, checker_metric, heldout_prompts
+
+
+@dataclass
+class SearchConfig:
+    """Settings of `rewarddance rl best-of-n` / `rl search` (YAML keys; override any with key=value)."""
+
+    rm: str | None = None  # the judge: a checkpoint directory or preset name; required
+    generator: str = "shapeworld-flow"  # a generator directory, or the name of a committed one
+    task: str | None = None
+    rm_dtype: Literal["float32", "bfloat16"] = "float32"
+    output_dir: str = "runs/search"
+    n: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16])  # best-of-n: the budgets
+    paths: list[int] = field(default_factory=lambda: [4, 8])  # search: the population sizes
+    branches: int = 2
+    every: int = 5  # search: a checkpoint every this many steps
+    back: int = 2  # search: how many steps up the schedule a branch is re-noised
+    num_steps: int = 20
+    guidance_scale: float = 3.0
+    reference_candidates: int = 4  # pairwise judges: Best-of-N pool for each prompt's reference
+    eval_categories: list[str] = field(default_factory=lambda: list(COMPOSITIONAL))
+    eval_prompts_per_category: int = 16
+    eval_seed: int = 1234
+    repeats: int = 1  # independent draws per prompt (different seeds)
+    seed: int = 0
+    progress: bool = True
+
+
+def make_score(rm: Any, references: dict[str, torch.Tensor] | None, task: str | None):
+    """score(images, prompt) -> N: the judge's reward (pointwise) or P(image beats the prompt's reference)."""
+    def score(images: torch.Tensor, prompt: str) -> torch.Tensor:
+        refs = None if references is None else [references[prompt]] * len(images)
+        return torch.tensor(rm.score(prompt, list(images), references=refs, task=task))
+    return score
+
+
+def _pass(images: torch.Tensor, prompt: str) -> list[bool]:
+    return list(checker_metric(images, [prompt] * len(images))[0])
+
+
+def run_search(cfg: SearchConfig, method: Literal["best-of-n", "search"], command: str | None = None) -> dict:
+    """Run the recipe; returns (and writes) results.json's content."""
+    import rewarddance as rd
+    from tqdm import tqdm
+
+    if not cfg.rm:
+        raise ConfigError("rm: the judge is required (a checkpoint directory or preset name)")
+    if not cfg.n or min(cfg.n) < 1 or (method == "search" and (not cfg.paths or min(cfg.paths) < 1)):
+        raise ConfigError("n and paths: lists of positive budgets")
+    t0 = time.perf_counter()
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    rm = rd.load(cfg.rm, dtype=getattr(torch, cfg.rm_dtype))
+    gen_path = Path(cfg.generator)
+    gen = ShapeWorldGenerator.from_pretrained(gen_path if gen_path.exists() else pretrained_path(cfg.generator))
+    prompts = [p for ps in heldout_prompts(cfg.eval_categories, cfg.eval_prompts_per_category,
+                                           cfg.eval_seed).values() for p in ps]
+    references = None
+    if rm.layout == "pairwise":
+        refs = generator_references(gen, rm, prompts, n=cfg.reference_candidates, seed=cfg.seed + 1,
+                                    num_steps=cfg.num_steps, guidance_scale=cfg.guidance_scale, task=cfg.task,
+                                    progress=cfg.progress)
+        references = {prompts[i]: img for i, img in refs.items()}
+    score = make_score(rm, references, cfg.task)
+
+    # search first: its judge-call counts set the Best-of-N budgets it is compared with
+    search_points: list[dict[str, Any]] = []
+    budgets = sorted(set(cfg.n) | {1})  # n = 1: a random sample, the baseline
+    if method == "search":
+        for paths in sorted(set(cfg.paths)):
+            passed, scores, calls, nfe = [], [], 0, 0
+            for rep in range(cfg.repeats):
+                for i, prompt in enumerate(tqdm(prompts, desc=f"search paths={paths}", unit="prompt",
+                                                file=sys.stderr, disable=not cfg.progress)):
+                    res = search_over_paths(gen, prompt, score, paths=paths, branches=cfg.branches, every=cfg.every,
+                                            back=cfg.back, num_steps=cfg.num_steps,
+                                            guidance_scale=cfg.guidance_scale,
+                                            seed=cfg.seed * 1_000 + rep * 1_000_003 + i)
+                    passed += _pass(res.image[None], prompt)
+                    scores.append(res.score)
+                    calls, nfe = res.judge_calls, res.nfe
+            search_points.append({"method": "search", "paths": paths, "branches": cfg.branches,
+                                  "judge_calls": calls, "nfe": nfe, "gt_pass_rate": float(np.mean(passed)),
+                                  "judge_score_mean": float(np.mean(scores))})
+        budgets = sorted(set(budgets) | {p["judge_calls"] for p in search_points})
+
+    # Best-of-N, nested: max(budgets) samples per prompt and repeat, each scored once
+    n_max = max(budgets)
+    picks = {n: [] for n in budgets}
+    pass_at = {n: [] for n in budgets}
+    score_at = {n: [] for n in budgets}
+    for rep in range(cfg.repeats):
+        for i, prompt in enumerate(tqdm(prompts, desc=f"best-of-{n_max}", unit="prompt", file=sys.stderr,
+                                        disable=not cfg.progress)):
+            seeds = [cfg.seed * 1_000_000 + rep * 100_003 + i * n_max + j for j in range(n_max)]
+            res = best_of_n(gen, prompt, seeds, score, num_steps=cfg.num_steps, guidance_scale=cfg.guidance_scale)
+            ok = _pass(res.images, prompt)
+            for n in budgets:
+                best = int(torch.argmax(res.scores[:n]))
+                picks[n].append(ok[best])
+                pass_at[n].append(any(ok[:n]))
+                score_at[n].append(float(res.scores[best]))
+    bon_points = [{"method": "best-of-n", "n": n, "judge_calls": n, "nfe": n * cfg.num_steps,
+                   "gt_pass_rate": float(np.mean(picks[n])), "pass_at_n": float(np.mean(pass_at[n])),
+                   "judge_score_mean": float(np.mean(score_at[n]))} for n in budgets]
+    baseline = float(np.mean(picks[1]))
+    comparison = []
+    for sp in search_points:
+        bon = next(p for p in bon_points if p["n"] == sp["judge_calls"])
+        comparison.append({"paths": sp["paths"], "judge_calls": sp["judge_calls"],
+                           "search_gt_pass_rate": sp["gt_pass_rate"], "best_of_n_gt_pass_rate": bon["gt_pass_rate"],
+                           "difference": sp["gt_pass_rate"] - bon["gt_pass_rate"],
+                           "search_nfe": sp["nfe"], "best_of_n_nfe": bon["nfe"]})
+    result = {
+        "method": method, "rm": str(cfg.rm), "layout": rm.layout, "generator": str(cfg.generator),
+        "prompts": len(prompts), "repeats": cfg.repeats, "random_sample_gt_pass_rate": baseline,
+        "best_of_n": bon_points, "search": search_points, "search_vs_best_of_n": comparison,
+        "minutes": round((time.perf_counter() - t0) / 60, 2),
+        "command": command or " ".join(["rewarddance", "rl", method]), "config": config_dict(cfg),
+    }
+    (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / "results.md").write_text(markdown(result) + "\n")
+    plot_gain(result, out / "gain.png")
+    print(markdown(result), file=sys.stderr)
+    return result
+
+
+def markdown(result: dict) -> str:
+    lines = [f"# {result['method']}: ground-truth pass rate of the judge's pick", "",
+             f"`{result['command']}`; judge `{result['rm']}` ({result['layout']}), {result['prompts']} held-out "
+             f"prompts x {result['repeats']} draws, {result['minutes']} min.", "",
+             "| method | budget | judge calls | generator NFE | gt pass rate | pass@n (perfect judge) |",
+             "|---|---|---|---|---|---|"]
+    for p in result["best_of_n"]:
+        lines.append(f"| best-of-n | n={p['n']} | {p['judge_calls']} | {p['nfe']} | {p['gt_pass_rate']:.1%} "
+                     f"| {p['pass_at_n']:.1%} |")
+    for p in result["search"]:
+        lines.append(f"| search | paths={p['paths']}, branches={p['branches']} | {p['judge_calls']} | {p['nfe']} "
+                     f"| {p['gt_pass_rate']:.1%} | |")
+    for c in result["search_vs_best_of_n"]:
+        lines.append("")
+        lines.append(f"At {c['judge_calls']} judge calls: search {c['search_gt_pass_rate']:.1%} vs Best-of-N "
+                     f"{c['best_of_n_gt_pass_rate']:.1%} ({c['difference']:+.1%}).")
+    return "\n".join(lines)
+
+
+def plot_gain(result: dict, path: Path) -> Path:
+    """Ground-truth pass rate of the pick vs judge calls (log scale), one line per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    bon = result["best_of_n"]
+    ax.plot([p["judge_calls"] for p in bon], [p["gt_pass_rate"] for p in bon], marker="o", label="Best-of-N")
+    ax.plot([p["judge_calls"] for p in bon], [p["pass_at_n"] for p in bon], ls=":", color="grey",
+            label="pass@n (perfect judge)")
+    if result["search"]:
+        sp = result["search"]
+        ax.plot([p["judge_calls"] for p in sp], [p["gt_pass_rate"] for p in sp], marker="s", label="search over paths")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("judge calls per prompt")
+    ax.set_ylabel("ground-truth pass rate")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def command_line(method: str, config_file: str | None, overrides: list[str]) -> str:
+    parts = ["rewarddance", "rl", method] + (["--config", config_file] if config_file else []) + overrides
+    return " ".join(shlex.quote(p) for p in parts)
