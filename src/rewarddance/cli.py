@@ -242,6 +242,21 @@ def cmd_rl_search(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_study_rl(args: argparse.Namespace) -> int:
+    from .recipes.study_rl import study_rl
+
+    rms = {}
+    for item in args.rm or []:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise UsageError(f"--rm {item!r}: give NAME=DIR (e.g. --rm generative=runs/judge/final)")
+        if not Path(path).exists():
+            raise UsageError(f"--rm {item!r}: {path} does not exist")
+        rms[name] = path
+    study_rl(args.out, quick=args.quick, rms=rms or None)
+    return EXIT_OK
+
+
 # ------------------------------------------------------------------ serve
 def cmd_serve(args: argparse.Namespace) -> int:
     from .models.presets import parse_preset_name
@@ -377,6 +392,15 @@ def build_parser() -> argparse.ArgumentParser:
         r.add_argument("--config", help="YAML file of settings; key=value arguments override it")
         r.add_argument("overrides", nargs="*", metavar="key=value")
         r.set_defaults(func=func)
+
+    q = sub.add_parser("study", help="the project's studies (bench jobs, resumable)")
+    ssub = q.add_subparsers(dest="study", required=True)
+    st = ssub.add_parser("rl", help="ReFL against judges of different quality, Best-of-N and search, on ShapeWorld")
+    st.add_argument("--out", required=True, help="output directory (results.json, results.md, one folder per arm)")
+    st.add_argument("--quick", action="store_true", help="the <= 15-minute version (fewer steps and prompts)")
+    st.add_argument("--rm", action="append", metavar="NAME=DIR",
+                    help="use this judge instead of training the study's own (repeatable)")
+    st.set_defaults(func=cmd_study_rl)
 
     from .serve.config import ServeConfig
 

@@ -33,7 +33,8 @@ import numpy as np
 import torch
 
 from ..config import ConfigError, config_dict, save_config
-from ..generators import ShapeWorldGenerator, ShapeWorldGeneratorConfig, evaluate_generator, save_grid
+from ..generators import (ShapeWorldGenerator, ShapeWorldGeneratorConfig, evaluate_generator, pretrained_path,
+                          save_grid)
 from ..generators.shapeworld import parameter_count
 from ..train.engine import Checkpointer, MetricsLog, atomic_dir, rng_state, set_rng_state
 from ..world import CATEGORIES
@@ -45,6 +46,7 @@ class GeneratorPretrainConfig:
     """Settings of `rewarddance generator pretrain` (YAML keys; override any with key=value, `model.x=...`)."""
 
     model: ShapeWorldGeneratorConfig = field(default_factory=ShapeWorldGeneratorConfig)
+    init_from: str | None = None  # continue from a generator directory or "shapeworld-flow" (its architecture wins)
     output_dir: str = "runs/generator"
     max_steps: int = 3000  # optimizer updates (the cosine schedule ends here)
     max_minutes: float | None = None  # stop cleanly (evaluate, save final/) after this much training time
@@ -105,7 +107,14 @@ def pretrain_generator(cfg: GeneratorPretrainConfig, command: str | None = None)
     excluded = {p for ps in heldout.values() for p in ps}
     (out / "heldout_prompts.json").write_text(json.dumps(heldout, indent=1) + "\n")
 
-    gen = ShapeWorldGenerator.from_config(cfg.model).train()
+    if cfg.init_from:  # a longer run from saved weights (a fresh optimizer and schedule)
+        init = Path(cfg.init_from)
+        gen = ShapeWorldGenerator.from_pretrained(init if init.exists() else pretrained_path(cfg.init_from)).train()
+        if gen.image_shape[-1] != cfg.model.image_size:
+            raise ConfigError(f"init_from: {cfg.init_from} makes {gen.image_shape[-1]}px images, model.image_size "
+                              f"is {cfg.model.image_size}")
+    else:
+        gen = ShapeWorldGenerator.from_config(cfg.model).train()
     optimizer = torch.optim.AdamW(gen.trainable_parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = get_cosine_schedule_with_warmup(optimizer, cfg.warmup_steps, cfg.max_steps)
     checkpointer = Checkpointer(out, keep=max(cfg.keep_checkpoints, 1))

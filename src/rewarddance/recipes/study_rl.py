@@ -1,0 +1,237 @@
+"""Recipe: the RL study — does a better judge give a larger ground-truth gain, and is a weak one hacked?
+
+    rewarddance study rl --out runs/study-rl                  # full (resumable; judges cached)
+    rewarddance study rl --quick --out runs/study-rl-quick    # <= 15 minutes on 2 CPU cores
+    rewarddance study rl --rm generative=runs/j1/final --rm regressive-bt=runs/j2/final --out ...
+
+Every arm starts from the same committed ShapeWorld generator, with the same prompts, steps and
+held-out evaluation (the checker's pass rate on fixed compositional prompts x seeds):
+- `refl-<judge>`: `rewarddance rl refl` against each judge (the monitor on);
+- `best-of-n` and `search`: `rewarddance rl search` with the best judge (Best-of-N at the search's
+  judge calls is measured in the same run).
+The judges, unless given with `--rm NAME=DIR`, are trained by the study through `rewarddance
+train` on ShapeWorld preference data (`rewarddance data world`) and measured with `rewarddance
+eval`; they are cached in the user's cache (`$REWARDDANCE_CACHE/study-rl/`, keyed by their
+settings), not in the output directory. Since only the tiny backbone has a committed pretrained
+start, judge quality is varied by training budget: `generative` (the full budget), `generative-weak`
+(a tenth of it) and the `regressive-bt` baseline (the full budget).
+
+Every step runs as its own command (the same ones a user runs), so each is resumable on its own:
+a re-run skips finished judges and arms and resumes a half-finished ReFL run from its checkpoint.
+Writes OUT/results.json (`{"arms": [...]}`, the contract), OUT/results.md, OUT/curves.png, and
+each arm's own files in OUT/<arm>/.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..models.presets import cache_dir
+
+
+@dataclass
+class StudySettings:
+    """What differs between the quick and the full study (everything else is the recipes' defaults)."""
+
+    data_n: int = 4000  # ShapeWorld preference pairs (train) for the judges
+    data_n_test: int = 800
+    judge_steps: int = 1000
+    judge_overrides: list[str] = field(default_factory=lambda: ["objective=generative-pairwise"])
+    weak_fraction: float = 0.1  # the weak judge's share of judge_steps
+    refl_steps: int = 300
+    refl_overrides: list[str] = field(default_factory=lambda: ["max_minutes=30"])
+    eval_prompts_per_category: int = 16
+    eval_seeds: int = 4
+    eval_steps: int = 25
+    search_n: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16])
+    search_paths: list[int] = field(default_factory=lambda: [4, 8])
+
+
+FULL = StudySettings()
+QUICK = StudySettings(data_n=1500, data_n_test=400, judge_steps=250, refl_steps=40, refl_overrides=[],
+                      eval_prompts_per_category=8, eval_seeds=2, eval_steps=20, search_n=[1, 2, 4],
+                      search_paths=[2])
+
+
+def _run(cmd: list[str], log: Path) -> None:
+    """Run one step of the study (a rewarddance command), its output appended to `log`."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    print("$ " + " ".join(shlex.quote(c) for c in cmd), file=sys.stderr, flush=True)
+    with log.open("a") as f:
+        f.write("$ " + " ".join(shlex.quote(c) for c in cmd) + "\n")
+        f.flush()
+        r = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT)
+    if r.returncode != 0:
+        tail = "".join(log.read_text().splitlines(keepends=True)[-15:])
+        raise RuntimeError(f"study step failed (exit {r.returncode}): {' '.join(cmd)}\n{tail}")
+
+
+def _cli() -> list[str]:
+    return [sys.executable, "-m", "rewarddance.cli"]
+
+
+def _key(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def judge_specs(s: StudySettings) -> dict[str, list[str]]:
+    """Judge name -> `rewarddance train` overrides."""
+    weak = max(1, round(s.judge_steps * s.weak_fraction))
+    return {
+        "generative": [*s.judge_overrides, f"max_steps={s.judge_steps}"],
+        "generative-weak": [*s.judge_overrides, f"max_steps={weak}"],
+        "regressive-bt": ["objective=regressive-bt", f"max_steps={s.judge_steps}"],
+    }
+
+
+def prepare_judges(s: StudySettings, log: Path) -> tuple[dict[str, Path], dict[str, dict]]:
+    """Train (or find cached) the study's judges and evaluate them; name -> final dir, name -> eval summary."""
+    root = cache_dir() / "study-rl"
+    data = root / f"world-{s.data_n}-{s.data_n_test}"
+    if not (data / "test.jsonl").exists():
+        _run([*_cli(), "data", "world", "--out", str(data), "--n", str(s.data_n), "--n-test", str(s.data_n_test)], log)
+    dirs, evals = {}, {}
+    for name, overrides in judge_specs(s).items():
+        out = root / f"judge-{name}-{_key(overrides, s.data_n)}"
+        if not (out / "final" / "rewarddance.json").exists():
+            _run([*_cli(), "train", f"data={data / 'train.jsonl'}", f"output_dir={out}", "progress=false",
+                  "eval_steps=100000", *overrides], log)
+        dirs[name] = out / "final"
+        evals[name] = evaluate_judge(dirs[name], data / "test.jsonl", log)
+    return dirs, evals
+
+
+def evaluate_judge(judge: Path, test: Path, log: Path) -> dict:
+    """Accuracy of a judge on the clean-labelled ShapeWorld test pairs (`rewarddance eval`), cached beside it."""
+    out = judge.parent / "study-eval.json"
+    if not out.exists():
+        _run([*_cli(), "eval", "--model", str(judge), "--data", str(test), "--json", str(out)], log)
+    result = json.loads(out.read_text())
+    splits = result.get("splits", {})
+    return {"accuracy": result["overall"].get("accuracy"),
+            "accuracy_id": splits.get("id", {}).get("accuracy"), "accuracy_ood": splits.get("ood", {}).get("accuracy")}
+
+
+def refl_arm(name: str, judge: Path, s: StudySettings, out: Path, log: Path) -> dict:
+    arm = out / name
+    if not (arm / "report.json").exists():
+        _run([*_cli(), "rl", "refl", f"rm={judge}", f"output_dir={arm}", f"max_steps={s.refl_steps}",
+              f"eval_steps={s.eval_steps}", f"eval_prompts_per_category={s.eval_prompts_per_category}",
+              f"eval_seeds={s.eval_seeds}", "progress=false", *s.refl_overrides], log)
+    r = json.loads((arm / "report.json").read_text())
+    return {"name": name, "rm": str(judge), "method": "refl", "gt_pass_rate_before": r["gt_pass_rate_before"],
+            "gt_pass_rate_after": r["gt_pass_rate_after"], "reward_std_window_last": r["reward_std_window_last"],
+            "diversity_before": r["diversity_before"], "diversity_after": r["diversity_after"],
+            "hacking_flagged": r["hacking_flagged"], "alarms": r.get("alarms", {}), "steps": r["steps"],
+            "train_minutes": r["train_minutes"], "reward_mean_before": r.get("reward_mean_before"),
+            "reward_mean_after": r.get("reward_mean_after")}
+
+
+def search_arms(judge: Path, s: StudySettings, out: Path, log: Path) -> list[dict]:
+    arm = out / "search"
+    if not (arm / "results.json").exists():
+        _run([*_cli(), "rl", "search", f"rm={judge}", f"output_dir={arm}", f"n={s.search_n}",
+              f"paths={s.search_paths}", f"eval_prompts_per_category={s.eval_prompts_per_category}",
+              "progress=false"], log)
+    r = json.loads((arm / "results.json").read_text())
+    before = r["random_sample_gt_pass_rate"]
+    best_n = max(r["best_of_n"], key=lambda p: p["n"])
+    rows = [{"name": "best-of-n", "rm": str(judge), "method": "best-of-n", "gt_pass_rate_before": before,
+             "gt_pass_rate_after": best_n["gt_pass_rate"], "reward_std_window_last": None, "diversity_before": None,
+             "diversity_after": None, "hacking_flagged": False, "judge_calls": best_n["judge_calls"],
+             "files": "search/"}]
+    for c in r["search_vs_best_of_n"]:
+        rows.append({"name": f"search-paths{c['paths']}", "rm": str(judge), "method": "search",
+                     "gt_pass_rate_before": before, "gt_pass_rate_after": c["search_gt_pass_rate"],
+                     "reward_std_window_last": None, "diversity_before": None, "diversity_after": None,
+                     "hacking_flagged": False, "judge_calls": c["judge_calls"],
+                     "best_of_n_same_calls": c["best_of_n_gt_pass_rate"], "files": "search/"})
+    return rows
+
+
+def study_rl(out: str | Path, *, quick: bool = False, rms: dict[str, str] | None = None) -> dict:
+    """Run (or resume) the study; returns results.json's content."""
+    t0 = time.perf_counter()
+    s = QUICK if quick else FULL
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    log = out / "study.log"
+    if rms:
+        judges, evals = {k: Path(v) for k, v in rms.items()}, {}
+    else:
+        judges, evals = prepare_judges(s, log)
+    arms = [refl_arm(f"refl-{name}", path, s, out, log) | {"judge_eval": evals.get(name)}
+            for name, path in judges.items()]
+    best = "generative" if "generative" in judges else next(iter(judges))
+    arms += search_arms(judges[best], s, out, log)
+    result = {"arms": arms, "quick": quick, "settings": asdict(s), "judges": {k: str(v) for k, v in judges.items()},
+              "judge_eval": evals, "minutes_this_run": round((time.perf_counter() - t0) / 60, 2),
+              "command": "rewarddance study rl" + (" --quick" if quick else "") + f" --out {out}"}
+    (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / "results.md").write_text(markdown(result) + "\n")
+    plot_curves(out, [a["name"] for a in arms if a["method"] == "refl"], out / "curves.png")
+    print(markdown(result), file=sys.stderr)
+    return result
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.1%}"
+
+
+def _num(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
+
+
+def markdown(result: dict) -> str:
+    lines = ["# RL study: ground-truth gain per judge and method", "", f"`{result['command']}`", "",
+             "| arm | method | judge accuracy (ID / OOD) | gt pass before | gt pass after | gain | reward_std_window "
+             "(last) | diversity before -> after | hacking flagged |", "|---|---|---|---|---|---|---|---|---|"]
+    for a in result["arms"]:
+        ev = a.get("judge_eval") or {}
+        acc = f"{_pct(ev.get('accuracy_id'))} / {_pct(ev.get('accuracy_ood'))}" if ev else ""
+        gain = (None if a["gt_pass_rate_after"] is None or a["gt_pass_rate_before"] is None
+                else a["gt_pass_rate_after"] - a["gt_pass_rate_before"])
+        div = "" if a["diversity_before"] is None else f"{_num(a['diversity_before'])} -> {_num(a['diversity_after'])}"
+        lines.append(f"| {a['name']} | {a['method']} | {acc} | {_pct(a['gt_pass_rate_before'])} | "
+                     f"{_pct(a['gt_pass_rate_after'])} | {'n/a' if gain is None else f'{gain:+.1%}'} | "
+                     f"{_num(a['reward_std_window_last'])} | {div} | {a['hacking_flagged']} |")
+    return "\n".join(lines)
+
+
+def plot_curves(out: Path, arms: list[str], path: Path) -> Path | None:
+    """The ReFL arms side by side: reward mean, reward_std_window, diversity, gt_pass_rate vs step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not arms:
+        return None
+    keys = ("reward_mean", "reward_std_window", "diversity", "gt_pass_rate")
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.2))
+    for name in arms:
+        rows = [json.loads(t) for t in (out / name / "metrics.jsonl").read_text().splitlines() if t.strip()]
+        flagged = [r["step"] for r in rows if r.get("alarms")]
+        for ax, key in zip(axes, keys):
+            pts = [(r["step"], r[key]) for r in rows if r.get(key) is not None]
+            if pts:
+                line, = ax.plot(*zip(*pts), label=name, marker="." if key == "gt_pass_rate" else None)
+                if flagged and key == "reward_mean":
+                    ax.axvline(flagged[0], color=line.get_color(), ls=":", lw=1)
+    for ax, key in zip(axes, keys):
+        ax.set_title(key)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
