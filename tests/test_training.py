@@ -255,3 +255,23 @@ def test_sigkill_then_resume_repeats_the_uninterrupted_losses(fixed_pairs, world
     a, b = _metrics(tmp_path / "whole"), _metrics(out)
     assert [r["step"] for r in b] == list(range(1, 9))
     np.testing.assert_allclose([r["loss"] for r in b], [r["loss"] for r in a], rtol=1e-6)
+
+
+def test_pretraining_questions_come_in_both_orders(tmp_path):
+    """Pretraining sequences alternate image-first and question-first, so a pretrained backbone can
+    answer with the question before the image, as the judge's templates ask."""
+    from rewarddance.data.training import make_pretrain_example, read_pretrain
+    from rewarddance.models.judge import Judge
+    from rewarddance.world.dataset import build_pretrain
+
+    build_pretrain(tmp_path, 2, n_test=1, progress=False)
+    row = next(iter(read_pretrain(tmp_path / "pretrain-train.jsonl")))
+    ex = make_pretrain_example(row)
+    firsts = [s.context.messages[0]["content"][0]["type"] for s in ex.sequences]
+    assert len(firsts) >= 4 and firsts[:4] == ["image", "text", "image", "text"]
+    processor = Judge.from_pretrained(preset_path(TINY)).processor
+    rendered = [processor.apply_chat_template(s.context.messages, add_generation_prompt=True, tokenize=False)
+                for s in ex.sequences[:2]]
+    # Qwen2.5-VL renders an image as <|vision_start|><|image_pad|><|vision_end|>
+    assert rendered[0].index(row.pairs[0][0]) > rendered[0].index("<|vision_start|>")
+    assert rendered[1].index(row.pairs[1][0]) < rendered[1].index("<|vision_start|>")

@@ -26,7 +26,7 @@ from ..data import RecordError
 from ..data.training import make_pretrain_example, read_pretrain
 from ..models.checkpoint import CheckpointConfig, write_checkpoint_config
 from ..models.judge import Judge
-from ..models.presets import PRETRAINED_SUFFIX, build_preset, cache_dir
+from ..models.presets import PRETRAINED_SUFFIX, build_preset, cache_dir, parse_preset_name, preset_path
 from ..train.engine import atomic_dir
 from ..train.forward import target_exact_match
 from .train_rm import TrainConfig, train
@@ -40,6 +40,7 @@ class PretrainConfig:
     size: str = "tiny"
     out: str | None = None  # default: the preset cache, <cache>/presets/<arch>-<size>-shapeworld
     work_dir: str | None = None  # data and training run (default: <out>.work, kept for resume)
+    init_from: str | None = None  # continue from this model (a directory or preset name) instead of random weights
     n_train: int = 8000  # pretraining scenes (each: a caption and ~6 questions)
     n_test: int = 300  # held-out scenes for the answer accuracy
     max_steps: int = 3000
@@ -56,12 +57,15 @@ class PretrainConfig:
 def answer_accuracy(judge: Judge, test_file: Path, batch_size: int = 32) -> dict[str, float]:
     """Exact-match accuracy of greedy answers to held-out questions (captions excluded), per question kind."""
     rows = [r for r in read_pretrain(test_file) if not isinstance(r, RecordError)]
-    seqs, kinds = [], []
+    seqs, kinds, orders = [], [], []
     for r in rows:
         ex = make_pretrain_example(r)
-        for (q, _), s in list(zip(r.pairs, ex.sequences))[1:]:  # [0] is the caption
+        for j, ((q, _), s) in enumerate(zip(r.pairs, ex.sequences)):
+            if j == 0:  # the caption
+                continue
             seqs.append(s)
             kinds.append(q.split()[0].lower() + (" there" if q.startswith("Is there") else ""))
+            orders.append("question_first" if j % 2 == 1 else "image_first")  # make_pretrain_example alternates
     judge.eval()
     ok: list[bool] = []
     for i in range(0, len(seqs), batch_size):
@@ -70,6 +74,9 @@ def answer_accuracy(judge: Judge, test_file: Path, batch_size: int = 32) -> dict
     for kind in sorted(set(kinds)):
         hits = [o for o, k in zip(ok, kinds) if k == kind]
         out[f"accuracy_{kind.replace(' ', '_')}"] = sum(hits) / len(hits)
+    for order in sorted(set(orders)):
+        hits = [o for o, k in zip(ok, orders) if k == order]
+        out[f"accuracy_{order}"] = sum(hits) / len(hits)
     return out
 
 
@@ -84,7 +91,11 @@ def pretrain(cfg: PretrainConfig) -> Path:
     save_config(cfg, work / "pretrain.yaml")
     t0 = time.perf_counter()
     init = work / "init"
-    if not (init / "config.json").exists():
+    if cfg.init_from:
+        init = Path(cfg.init_from)
+        if not init.exists() and parse_preset_name(cfg.init_from) is not None:
+            init = preset_path(cfg.init_from)
+    elif not (init / "config.json").exists():
         atomic_dir(init, lambda p: build_preset(cfg.arch, cfg.size, p, seed=cfg.seed))
     data = work / "data"
     if not (data / "pretrain-test.jsonl").exists():
