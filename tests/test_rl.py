@@ -154,7 +154,7 @@ def uninterrupted(gen_dir, judges, tmp_path_factory):
     return out
 
 
-def test_refl_run_writes_the_contract(uninterrupted):
+def test_refl_run_writes_the_contract(uninterrupted, gen_dir):
     rows = _rows(uninterrupted)
     assert [r["step"] for r in rows] == list(range(6))  # row 0 = before any update, then one per update
     for r in rows:
@@ -167,7 +167,15 @@ def test_refl_run_writes_the_contract(uninterrupted):
     assert {"hacking_flagged", "diversity_before", "diversity_after", "reward_std_window_last"} <= set(report)
     final = ShapeWorldGenerator.from_pretrained(uninterrupted / "final")  # LoRA merged: a plain generator
     assert not any("lora" in n for n, _ in final.named_parameters())
-    assert (uninterrupted / "final" / "lora" / "pytorch_lora_weights.safetensors").exists()
+    start = ShapeWorldGenerator.from_pretrained(gen_dir)  # the adapter alone, loaded onto the start: the same
+    with torch.no_grad():
+        before = start.sample(PROMPTS, seeds=[5, 6], num_steps=4).images
+    start.unet.load_lora_adapter(uninterrupted / "final" / "lora", prefix=None,
+                                 weight_name="pytorch_lora_weights.safetensors")
+    with torch.no_grad():
+        adapted, merged = (g.sample(PROMPTS, seeds=[5, 6], num_steps=4).images for g in (start, final))
+    assert (adapted - before).abs().max() > 100 * (adapted - merged).abs().max()
+    assert (adapted - merged).abs().max() < 1e-4
     assert (uninterrupted / "monitor.png").exists() and (uninterrupted / "references.pt").exists()
 
 
@@ -205,15 +213,44 @@ def test_search_recipes_write_their_tables(judges, gen_dir, tmp_path):
     from rewarddance.recipes.search import SearchConfig, run_search
 
     cfg = SearchConfig(rm=str(judges["pairwise"]), generator=str(gen_dir), output_dir=str(tmp_path / "s"),
-                       n=[2, 4], paths=[2], branches=2, every=2, back=1, num_steps=4, reference_candidates=2,
+                       n=[2, 3], paths=[2], branches=2, every=2, back=1, num_steps=4, reference_candidates=2,
                        eval_prompts_per_category=1, progress=False)
     result = run_search(cfg, "search")
-    assert [p["n"] for p in result["best_of_n"]] == [1, 2, 4, 6]  # 1 (random) and the search's judge calls (6)
-    assert [p["judge_calls"] for p in result["search"]] == [6]
+    # 2 paths scored at the one checkpoint (step 2) and at the end: 4 judge calls, added to the Best-of-N budgets
+    assert [p["judge_calls"] for p in result["search"]] == [4]
+    assert [p["n"] for p in result["best_of_n"]] == [1, 2, 3, 4]  # with 1, the random sample
     comparison = result["search_vs_best_of_n"][0]
-    assert comparison["judge_calls"] == 6 and comparison["best_of_n_gt_pass_rate"] == result["best_of_n"][-1][
+    assert comparison["judge_calls"] == 4 and comparison["best_of_n_gt_pass_rate"] == result["best_of_n"][-1][
         "gt_pass_rate"]
     pass_at = [p["pass_at_n"] for p in result["best_of_n"]]
     assert pass_at == sorted(pass_at)  # nested draws: more samples never lose a passing one
     for name in ("results.json", "results.md", "gain.png"):
         assert (tmp_path / "s" / name).exists()
+
+
+def test_rl_study_with_given_judges_writes_the_contract_and_resumes(judges, gen_dir, tmp_path):
+    """`rewarddance study rl --rm ...` at the smallest settings: one ReFL arm per judge plus Best-of-N and
+    search, results.json as the contract says; a re-run skips the finished arms."""
+    from rewarddance.recipes.study_rl import StudySettings, study_rl
+
+    s = StudySettings(refl_steps=2, refl_overrides=["n_prompts=4", "prompts_per_step=2", "grad_steps=[2,3]",
+                                                    "reference_candidates=2", "tensorboard=false"],
+                      eval_prompts_per_category=1, eval_seeds=2, eval_steps=2, search_n=[2], search_paths=[2],
+                      generator=str(gen_dir), num_steps=4)
+    rms = {"pairwise": str(judges["pairwise"]), "pointwise": str(judges["pointwise"])}
+    result = study_rl(tmp_path / "study", rms=rms, settings=s)
+    names = [a["name"] for a in result["arms"]]
+    assert names == ["refl-pairwise", "refl-pointwise", "best-of-n", "search-paths2"]
+    keys = {"name", "rm", "method", "gt_pass_rate_before", "gt_pass_rate_after", "reward_std_window_last",
+            "diversity_before", "diversity_after", "hacking_flagged"}
+    on_disk = json.loads((tmp_path / "study" / "results.json").read_text())
+    assert [a["name"] for a in on_disk["arms"]] == names
+    for arm in on_disk["arms"]:
+        assert keys <= set(arm) and arm["method"] in ("refl", "grpo", "best-of-n", "search")
+    for name in ("refl-pairwise", "refl-pointwise"):
+        rows = _rows(tmp_path / "study" / name)
+        assert [r["step"] for r in rows] == [0, 1, 2] and rows[0]["gt_pass_rate"] is not None
+    assert (tmp_path / "study" / "results.md").exists() and (tmp_path / "study" / "curves.png").exists()
+    mtime = (tmp_path / "study" / "refl-pairwise" / "report.json").stat().st_mtime
+    study_rl(tmp_path / "study", rms=rms, settings=s)  # finished arms are skipped
+    assert (tmp_path / "study" / "refl-pairwise" / "report.json").stat().st_mtime == mtime

@@ -53,6 +53,8 @@ class StudySettings:
     eval_steps: int = 25
     search_n: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16])
     search_paths: list[int] = field(default_factory=lambda: [4, 8])
+    generator: str = "shapeworld-flow"  # every arm's starting generator
+    num_steps: int = 20  # sampling steps, every arm
 
 
 FULL = StudySettings()
@@ -124,6 +126,7 @@ def refl_arm(name: str, judge: Path, s: StudySettings, out: Path, log: Path) -> 
     arm = out / name
     if not (arm / "report.json").exists():
         _run([*_cli(), "rl", "refl", f"rm={judge}", f"output_dir={arm}", f"max_steps={s.refl_steps}",
+              f"generator={s.generator}", f"num_steps={s.num_steps}",
               f"eval_steps={s.eval_steps}", f"eval_prompts_per_category={s.eval_prompts_per_category}",
               f"eval_seeds={s.eval_seeds}", "progress=false", *s.refl_overrides], log)
     r = json.loads((arm / "report.json").read_text())
@@ -139,6 +142,7 @@ def search_arms(judge: Path, s: StudySettings, out: Path, log: Path) -> list[dic
     arm = out / "search"
     if not (arm / "results.json").exists():
         _run([*_cli(), "rl", "search", f"rm={judge}", f"output_dir={arm}", f"n={s.search_n}",
+              f"generator={s.generator}", f"num_steps={s.num_steps}",
               f"paths={s.search_paths}", f"eval_prompts_per_category={s.eval_prompts_per_category}",
               "progress=false"], log)
     r = json.loads((arm / "results.json").read_text())
@@ -157,10 +161,11 @@ def search_arms(judge: Path, s: StudySettings, out: Path, log: Path) -> list[dic
     return rows
 
 
-def study_rl(out: str | Path, *, quick: bool = False, rms: dict[str, str] | None = None) -> dict:
-    """Run (or resume) the study; returns results.json's content."""
+def study_rl(out: str | Path, *, quick: bool = False, rms: dict[str, str] | None = None,
+             settings: StudySettings | None = None) -> dict:
+    """Run (or resume) the study; returns results.json's content. `settings` replaces the quick/full ones."""
     t0 = time.perf_counter()
-    s = QUICK if quick else FULL
+    s = settings or (QUICK if quick else FULL)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     log = out / "study.log"
