@@ -54,12 +54,15 @@ def parse_preset_name(name: str) -> tuple[str, str] | None:
     return (arch, size) if arch in ARCHS and size in SIZES else None
 
 
+def cache_root() -> Path:
+    """The user's rewarddance cache ($REWARDDANCE_CACHE, else ~/.cache/rewarddance)."""
+    return Path(os.environ.get("REWARDDANCE_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "rewarddance"))
+
+
 def cache_dir() -> Path:
-    """Where presets are built on first use ($REWARDDANCE_CACHE, else ~/.cache/rewarddance)."""
-    root = os.environ.get("REWARDDANCE_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "rewarddance"
-    )
-    return Path(root) / "presets"
+    """Where presets are built on first use: <cache_root>/presets."""
+    return cache_root() / "presets"
 
 
 # ---------------------------------------------------------------- chat templates
