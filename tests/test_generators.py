@@ -210,3 +210,24 @@ def test_pretrain_recipe_writes_final_and_resumes_exactly(tmp_path, capsys):
     other = [a if not a.startswith("model.block_out_channels") else "model.block_out_channels=[8,8]" for a in args]
     assert main(other) == 2  # another architecture cannot resume this run's checkpoints: a clear error
     assert "use a new output_dir" in capsys.readouterr().err
+
+
+def test_pretrain_continues_from_init_from(tmp_path, gen, capsys):
+    """`init_from=DIR` starts from those weights: with lr 0 the final generator is the initial one."""
+    from rewarddance.cli import main
+
+    gen.save_pretrained(tmp_path / "start")
+    out = tmp_path / "run"
+    args = ["generator", "pretrain", f"output_dir={out}", f"init_from={tmp_path / 'start'}", "max_steps=1", "lr=0",
+            "batch_size=2", "warmup_steps=0", "eval_prompts_per_category=1", "eval_seeds=1", "eval_num_steps=2",
+            "tensorboard=false", "progress=false", *TINY_OVERRIDES]
+    assert main(args) == 0
+    final = ShapeWorldGenerator.from_pretrained(out / "final")
+    for (name, a), b in zip(gen.state_dict().items(), final.state_dict().values()):
+        assert torch.equal(a, b), name
+    fresh = ShapeWorldGenerator.from_config(TINY)
+    assert any(not torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), final.state_dict().values()))
+    capsys.readouterr()
+    assert main([*args[:2], f"output_dir={tmp_path / 'other'}", f"init_from={tmp_path / 'start'}",
+                 "model.image_size=32", "max_steps=1", "progress=false", "tensorboard=false"]) != 0
+    assert "image_size" in capsys.readouterr().err

@@ -275,3 +275,23 @@ def test_pretraining_questions_come_in_both_orders(tmp_path):
     # Qwen2.5-VL renders an image as <|vision_start|><|image_pad|><|vision_end|>
     assert rendered[0].index(row.pairs[0][0]) > rendered[0].index("<|vision_start|>")
     assert rendered[1].index(row.pairs[1][0]) < rendered[1].index("<|vision_start|>")
+
+
+def test_pretrain_recipe_continues_from_a_model_and_reports_both_orders(preset_dirs, tmp_path):
+    """`rewarddance pretrain init_from=...` starts from that model (lr 0: the written preset has its weights)
+    and reports answer accuracy per question order."""
+    from safetensors.torch import load_file
+
+    from rewarddance.recipes.pretrain import PretrainConfig, pretrain
+
+    start = preset_dirs("qwen2_5_vl")
+    out = pretrain(PretrainConfig(init_from=str(start), out=str(tmp_path / "preset"), work_dir=str(tmp_path / "work"),
+                                  n_train=6, n_test=3, max_steps=1, batch_size=2, lr=0.0, warmup_steps=0,
+                                  progress=False))
+    report = json.loads((out / "pretrain_report.json").read_text())
+    assert {"answer_accuracy", "accuracy_image_first", "accuracy_question_first"} <= set(report)
+    before, after = load_file(start / "model.safetensors"), load_file(out / "model.safetensors")
+    assert before.keys() == after.keys()
+    for k in before:  # the preset is written in float16
+        torch.testing.assert_close(after[k].float(), before[k].half().float(), atol=0, rtol=0)
+    assert rd.load(out).score("a red circle", [torch.rand(3, 64, 64)])
