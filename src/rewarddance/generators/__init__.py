@@ -27,6 +27,12 @@ def pretrained_path(name: str = PRETRAINED) -> Path:
     return path
 
 
+def generator_path(name_or_path: str | Path) -> Path:
+    """`name_or_path` if it is a directory, else the directory of the shipped generator of that name."""
+    path = Path(name_or_path)
+    return path if path.exists() else pretrained_path(str(name_or_path))
+
+
 __all__ = [
     "LORA_TARGETS",
     "PRETRAINED",
@@ -38,6 +44,7 @@ __all__ = [
     "ShapeWorldGeneratorConfig",
     "StepOutput",
     "evaluate_generator",
+    "generator_path",
     "pretrained_path",
     "save_grid",
     "seeded_noise",

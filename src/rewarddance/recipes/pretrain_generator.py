@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from ..config import ConfigError, config_dict, save_config
-from ..generators import (ShapeWorldGenerator, ShapeWorldGeneratorConfig, evaluate_generator, pretrained_path,
+from ..generators import (ShapeWorldGenerator, ShapeWorldGeneratorConfig, evaluate_generator, generator_path,
                           save_grid)
 from ..generators.shapeworld import parameter_count
 from ..train.engine import Checkpointer, MetricsLog, atomic_dir, rng_state, set_rng_state
@@ -108,8 +108,7 @@ def pretrain_generator(cfg: GeneratorPretrainConfig, command: str | None = None)
     (out / "heldout_prompts.json").write_text(json.dumps(heldout, indent=1) + "\n")
 
     if cfg.init_from:  # a longer run from saved weights (a fresh optimizer and schedule)
-        init = Path(cfg.init_from)
-        gen = ShapeWorldGenerator.from_pretrained(init if init.exists() else pretrained_path(cfg.init_from)).train()
+        gen = ShapeWorldGenerator.from_pretrained(generator_path(cfg.init_from)).train()
         if gen.image_shape[-1] != cfg.model.image_size:
             raise ConfigError(f"init_from: {cfg.init_from} makes {gen.image_shape[-1]}px images, model.image_size "
                               f"is {cfg.model.image_size}")

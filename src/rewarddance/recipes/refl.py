@@ -38,7 +38,7 @@ import torch
 from ..config import ConfigError, config_dict, save_config
 from ..evaluate.references import generator_references
 from ..evaluate.scoring import shard_info
-from ..generators import ShapeWorldGenerator, evaluate_generator, pretrained_path, save_grid
+from ..generators import ShapeWorldGenerator, evaluate_generator, generator_path, save_grid
 from ..rl.monitor import HackingMonitor, MonitorConfig, diversity, plot_monitor
 from ..rl.refl import REWARD_LOSSES, refl_forward
 from ..train.engine import Checkpointer, MetricsLog, atomic_dir, rng_state, set_rng_state
@@ -191,8 +191,7 @@ def refl(cfg: ReFLConfig, command: str | None = None) -> Path:
     pairwise = rm.layout == "pairwise"
     reward_fn = rm.reward_fn(cfg.task)
 
-    gen_path = Path(cfg.generator)
-    gen = ShapeWorldGenerator.from_pretrained(gen_path if gen_path.exists() else pretrained_path(cfg.generator))
+    gen = ShapeWorldGenerator.from_pretrained(generator_path(cfg.generator))
     heldout = heldout_prompts(cfg.eval_categories, cfg.eval_prompts_per_category, cfg.eval_seed)
     excluded = {p for ps in heldout.values() for p in ps}
     prompts = load_prompts(cfg, excluded)
@@ -365,16 +364,17 @@ def refl(cfg: ReFLConfig, command: str | None = None) -> Path:
     rows = log.rows
     gt_rows = [r for r in rows if r.get("gt_pass_rate") is not None]
     div_rows = [r for r in rows if r.get("eval_diversity") is not None]
+    summary = monitor.summary()
     report = {
         "command": command or command_line(None, []),
         "rm": str(cfg.rm), "layout": rm.layout, "generator": str(cfg.generator),
         "steps": max(r["step"] for r in rows if "reward_mean" in r),
         "train_minutes": round(elapsed, 2), "wall_minutes": round(wall_minutes(), 2),
-        **monitor.summary(),
+        **summary,
         # diversity of the held-out samples (final images, `eval_seeds` per prompt); the monitor's own,
         # on each step's predicted clean images, is kept as train_diversity_*
-        "train_diversity_before": monitor.summary()["diversity_before"],
-        "train_diversity_after": monitor.summary()["diversity_after"],
+        "train_diversity_before": summary["diversity_before"],
+        "train_diversity_after": summary["diversity_after"],
         "diversity_before": div_rows[0]["eval_diversity"] if div_rows else None,
         "diversity_after": div_rows[-1]["eval_diversity"] if div_rows else None,
         "gt_pass_rate_before": gt_rows[0]["gt_pass_rate"] if gt_rows else None,

@@ -35,7 +35,7 @@ import torch
 
 from ..config import ConfigError, config_dict, save_config
 from ..evaluate.references import generator_references
-from ..generators import ShapeWorldGenerator, pretrained_path
+from ..generators import ShapeWorldGenerator, generator_path
 from ..rl.search import best_of_n, search_over_paths
 from ..world.generation import COMPOSITIONAL, checker_metric, heldout_prompts
 
@@ -91,8 +91,7 @@ def run_search(cfg: SearchConfig, method: Literal["best-of-n", "search"], comman
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
     rm = rd.load(cfg.rm, dtype=getattr(torch, cfg.rm_dtype))
-    gen_path = Path(cfg.generator)
-    gen = ShapeWorldGenerator.from_pretrained(gen_path if gen_path.exists() else pretrained_path(cfg.generator))
+    gen = ShapeWorldGenerator.from_pretrained(generator_path(cfg.generator))
     prompts = [p for ps in heldout_prompts(cfg.eval_categories, cfg.eval_prompts_per_category,
                                            cfg.eval_seed).values() for p in ps]
     references = None
