@@ -7,7 +7,22 @@ import os
 import pytest
 import torch
 
+from rewarddance.generators import ShapeWorldGenerator, ShapeWorldGeneratorConfig
 from rewarddance.models.presets import ARCHS  # noqa: F401  (re-exported: the tests import the one list from here)
+
+# a ShapeWorld generator small enough to sample in milliseconds (16 px, two UNet levels)
+TINY = ShapeWorldGeneratorConfig(image_size=16, block_out_channels=[8, 16], attention_levels=[1], norm_num_groups=4,
+                                 attention_heads=2, text_hidden_size=16, text_layers=1, text_heads=2)
+
+
+def _perturbed(gen: ShapeWorldGenerator, seed: int = 1) -> ShapeWorldGenerator:
+    """Random weights of a usable scale: diffusers zero-initialises the UNet's output conv, so a fresh
+    UNet predicts v = 0 and every sample would equal its noise."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in gen.unet.conv_out.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    return gen
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -71,3 +86,24 @@ def smooth_images(n: int, size=(64, 64), seed: int = 0) -> list[torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     small = torch.rand(n, 3, 4, 4, generator=g)
     return list(torch.nn.functional.interpolate(small, size=size, mode="bilinear", align_corners=False))
+
+
+@pytest.fixture(scope="session")
+def gen_dir(tmp_path_factory):
+    """A saved tiny ShapeWorld generator (random weights of a usable scale)."""
+    path = tmp_path_factory.mktemp("rl") / "generator"
+    _perturbed(ShapeWorldGenerator.from_config(TINY)).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def judges(preset_dirs, tmp_path_factory):
+    """layout -> directory of a tiny Qwen2.5-VL judge saved in that layout (as training would write it)."""
+    import rewarddance as rd
+
+    root = tmp_path_factory.mktemp("rl-judges")
+    out = {}
+    for layout in ("pointwise", "pairwise"):
+        rd.load(preset_dirs("qwen2_5_vl"), layout=layout, dtype=torch.float32).save_pretrained(root / layout)
+        out[layout] = root / layout
+    return out

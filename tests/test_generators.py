@@ -11,27 +11,16 @@ import torch
 from rewarddance.generators import (
     Generator,
     ShapeWorldGenerator,
-    ShapeWorldGeneratorConfig,
     pretrained_path,
     seeded_noise,
 )
 
-TINY = ShapeWorldGeneratorConfig(image_size=16, block_out_channels=[8, 16], attention_levels=[1], norm_num_groups=4,
-                                 attention_heads=2, text_hidden_size=16, text_layers=1, text_heads=2)
+from .conftest import TINY, _perturbed
+
 TINY_OVERRIDES = ["model.image_size=16", "model.block_out_channels=[8,16]", "model.attention_levels=[1]",
                   "model.norm_num_groups=4", "model.attention_heads=2", "model.text_hidden_size=16",
                   "model.text_layers=1", "model.text_heads=2"]
 PROMPTS = ["a red circle", "two blue squares", "a green star to the left of a pink ring"]
-
-
-def _perturbed(gen: ShapeWorldGenerator, seed: int = 1) -> ShapeWorldGenerator:
-    """Random weights of a usable scale: diffusers zero-initialises the UNet's output conv, so a fresh
-    UNet predicts v = 0 and every sample would equal its noise."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in gen.unet.conv_out.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.1)
-    return gen
 
 
 @pytest.fixture(scope="module")

@@ -18,27 +18,7 @@ import rewarddance as rd
 from rewarddance.generators import ShapeWorldGenerator
 from rewarddance.rl import best_of_n, refl_forward, reward_to_loss, search_over_paths
 
-from .test_generators import TINY, _perturbed
-
 PROMPTS = ["two red circles", "a blue star above a green ring"]
-
-
-@pytest.fixture(scope="module")
-def gen_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("rl") / "generator"
-    _perturbed(ShapeWorldGenerator.from_config(TINY)).save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def judges(preset_dirs, tmp_path_factory):
-    """layout -> directory of a tiny Qwen2.5-VL judge saved in that layout (as training would write it)."""
-    root = tmp_path_factory.mktemp("rl-judges")
-    out = {}
-    for layout in ("pointwise", "pairwise"):
-        rd.load(preset_dirs("qwen2_5_vl"), layout=layout, dtype=torch.float32).save_pretrained(root / layout)
-        out[layout] = root / layout
-    return out
 
 
 @pytest.fixture(scope="module")

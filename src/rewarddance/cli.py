@@ -232,6 +232,16 @@ def cmd_rl_refl(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_rl_grpo(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .recipes.grpo import GRPOConfig, command_line, grpo
+
+    _quiet_transformers()
+    cfg = load_config(GRPOConfig, args.config, args.overrides)
+    grpo(cfg, command=command_line(args.config, args.overrides))
+    return EXIT_OK
+
+
 def cmd_rl_search(args: argparse.Namespace) -> int:
     from .config import load_config
     from .recipes.search import SearchConfig, command_line, run_search
@@ -378,13 +388,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("overrides", nargs="*", metavar="key=value")
     g.set_defaults(func=cmd_generator_pretrain)
 
+    from .recipes.grpo import GRPOConfig
     from .recipes.refl import ReFLConfig
     from .recipes.search import SearchConfig
 
-    q = sub.add_parser("rl", help="align a generator with a judge: ReFL, Best-of-N, search over paths")
+    q = sub.add_parser("rl", help="align a generator with a judge: ReFL, GRPO, Best-of-N, search over paths")
     rsub = q.add_subparsers(dest="rl_command", required=True)
     for name, schema, func, text in (
             ("refl", ReFLConfig, cmd_rl_refl, "fine-tune a generator with ReFL against a frozen judge"),
+            ("grpo", GRPOConfig, cmd_rl_grpo, "fine-tune a generator with GRPO (Flow-GRPO) against judges"),
             ("best-of-n", SearchConfig, cmd_rl_search, "Best-of-N with a judge, gain measured by the ground truth"),
             ("search", SearchConfig, cmd_rl_search, "search over sampling paths vs Best-of-N at equal judge calls")):
         r = rsub.add_parser(name, help=text, formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -40,6 +40,15 @@ def _check(value: Any, tp: Any, key: str) -> Any:
     origin = typing.get_origin(tp)
     if tp is Any:
         return value
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):  # e.g. an item of a list of sections
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping of its keys, got {value!r}")
+        section = tp()
+        for k, v in value.items():
+            _set(section, str(k), v, f"{key}.{k}")
+        return section
     if origin in (Union, types.UnionType):
         for arm in typing.get_args(tp):
             try:

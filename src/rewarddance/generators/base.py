@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
+from contextlib import AbstractContextManager
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -118,6 +119,15 @@ class Generator(nn.Module, ABC):
     @abstractmethod
     def add_lora(self, r: int = 8, alpha: int | None = None, targets: Sequence[str] | None = None) -> None:
         """Freeze the weights and add trainable LoRA adapters (peft) to the denoiser."""
+
+    @abstractmethod
+    def save_lora(self, path: str | os.PathLike) -> None:
+        """Write the LoRA adapters alone, in the diffusers format, to directory `path`."""
+
+    @abstractmethod
+    def adapters_disabled(self) -> AbstractContextManager:
+        """A context in which the denoiser runs without its LoRA adapters: the reference policy
+        (the weights before fine-tuning) that GRPO's KL term compares with."""
 
     # ------------------------------------------------------------------ built on those
     def trainable_parameters(self) -> list[nn.Parameter]:

@@ -19,10 +19,11 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -40,6 +41,7 @@ CONFIG_NAME = "generator.json"
 # Attention projections of diffusers' transformer blocks: the usual LoRA targets of a UNet.
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 PAD, EOS = "<|pad|>", "<|endoftext|>"
+LORA_WEIGHTS = "pytorch_lora_weights.safetensors"  # diffusers' file name for LoRA weights
 
 
 @dataclass
@@ -174,6 +176,19 @@ class ShapeWorldGenerator(Generator):
 
         self.requires_grad_(False)
         self.unet.add_adapter(LoraConfig(r=r, lora_alpha=alpha or r, target_modules=list(targets or LORA_TARGETS)))
+
+    def save_lora(self, path: str | os.PathLike) -> None:
+        """`path/pytorch_lora_weights.safetensors`: the UNet's adapters, which a fresh generator's
+        `unet.load_lora_adapter(path, prefix=None)` loads."""
+        self.unet.save_lora_adapter(path, weight_name=LORA_WEIGHTS)
+
+    @contextlib.contextmanager
+    def adapters_disabled(self) -> Iterator[None]:
+        self.unet.disable_adapters()
+        try:
+            yield
+        finally:
+            self.unet.enable_adapters()
 
     # ------------------------------------------------------------------ the model
     def encode_prompts(self, prompts: Sequence[str]) -> Tensor:

@@ -55,6 +55,31 @@ def load_judge(path: str | os.PathLike, config: CheckpointConfig, *, device: str
                                  adapter_of=adapter_of)
 
 
+def win_matrix_from_scores(score: Callable[..., list[float]], layout: str, prompt: str, images: Sequence[Any], *,
+                           task: str | None = None, condition: Any = None) -> torch.Tensor:
+    """n×n tensor of P(image i better than image j) (diagonal 0.5) from a judge's `score` (a
+    `RewardModel`'s or a `RewardClient`'s, same signature) of the given `layout`.
+
+    Pairwise: every ordered pair is judged (image j as reference, image i as candidate) in ONE
+    `score` call and the two orders of a pair are averaged, so position bias cancels. Pointwise:
+    Bradley-Terry on the n rewards (see `RewardModel.pair_probability`).
+    """
+    n = len(images)
+    if n < 2:
+        return torch.full((n, n), 0.5, dtype=torch.float64)
+    if layout == "pointwise":
+        r = torch.tensor(score(prompt, list(images), task=task, conditions=condition),
+                         dtype=torch.float64).clamp(1e-9, 1 - 1e-9)
+        return torch.sigmoid(torch.logit(r)[:, None] - torch.logit(r)[None, :])
+    pairs = [(i, j) for i in range(n) for j in range(n) if i != j]
+    p = score(prompt, [images[i] for i, _ in pairs], references=[images[j] for _, j in pairs], task=task,
+              conditions=condition)
+    beats = torch.full((n, n), 0.5, dtype=torch.float64)
+    for (i, j), pij in zip(pairs, p):
+        beats[i, j] = pij
+    return (beats + 1.0 - beats.T) / 2.0
+
+
 class RewardModel:
     """A judge whose reward is P("yes") (or sigma(v) for the value-head and CLIP baselines).
 
@@ -261,26 +286,9 @@ class RewardModel:
 
     def win_matrix(self, prompt: str, images: Sequence[Any], *, task: str | None = None,
                    condition: Any = None, batch_size: int = 16) -> torch.Tensor:
-        """n×n tensor of P(image i better than image j) (diagonal 0.5).
-
-        Pairwise: every ordered pair is judged (image j as reference, image i as candidate) and the
-        two orders of a pair are averaged, so position bias cancels. Pointwise: Bradley-Terry on
-        the n rewards (see `pair_probability`).
-        """
-        n = len(images)
-        if n < 2:
-            return torch.full((n, n), 0.5, dtype=torch.float64)
-        if self.layout == "pointwise":
-            r = torch.tensor(self.score(prompt, list(images), task=task, conditions=condition, batch_size=batch_size),
-                             dtype=torch.float64).clamp(1e-9, 1 - 1e-9)
-            return torch.sigmoid(torch.logit(r)[:, None] - torch.logit(r)[None, :])
-        pairs = [(i, j) for i in range(n) for j in range(n) if i != j]
-        p = self.score(prompt, [images[i] for i, _ in pairs], references=[images[j] for _, j in pairs], task=task,
-                       conditions=condition, batch_size=batch_size)
-        beats = torch.full((n, n), 0.5, dtype=torch.float64)
-        for (i, j), pij in zip(pairs, p):
-            beats[i, j] = pij
-        return (beats + 1.0 - beats.T) / 2.0
+        """n×n tensor of P(image i better than image j) (diagonal 0.5); see `win_matrix_from_scores`."""
+        return win_matrix_from_scores(lambda *a, **kw: self.score(*a, **kw, batch_size=batch_size), self.layout,
+                                      prompt, images, task=task, condition=condition)
 
     def rank(self, prompt: str, images: Sequence[Any], *, task: str | None = None, condition: Any = None) -> list[int]:
         """Indices of `images`, best first (pointwise: by reward; pairwise: by total win probability)."""

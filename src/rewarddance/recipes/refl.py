@@ -38,11 +38,13 @@ import torch
 from ..config import ConfigError, config_dict, save_config
 from ..evaluate.references import generator_references
 from ..evaluate.scoring import shard_info
-from ..generators import ShapeWorldGenerator, evaluate_generator, generator_path, save_grid
-from ..rl.monitor import HackingMonitor, MonitorConfig, diversity, plot_monitor
+from ..generators import ShapeWorldGenerator, generator_path, save_grid
+from ..rl.monitor import HackingMonitor, MonitorConfig, plot_monitor
 from ..rl.refl import REWARD_LOSSES, refl_forward
-from ..train.engine import Checkpointer, MetricsLog, atomic_dir, rng_state, set_rng_state
-from ..world.generation import COMPOSITIONAL, checker_metric, heldout_prompts, render_batch, training_prompts
+from ..train.engine import Checkpointer, MetricsLog, rng_state, set_rng_state
+from ..world.generation import COMPOSITIONAL, checker_metric, heldout_prompts, render_batch
+from .rl_common import (all_reduce_gradients, barrier, evaluate_heldout, gather, gather_objects, load_prompts,
+                        save_final)
 
 
 @dataclass
@@ -114,19 +116,6 @@ def check_config(cfg: ReFLConfig) -> None:
         raise ConfigError(f"ema_decay: in [0, 1), got {cfg.ema_decay}")
 
 
-def load_prompts(cfg: ReFLConfig, excluded: set[str]) -> list[str]:
-    """The training prompt pool."""
-    if cfg.prompts == "shapeworld":
-        return training_prompts(cfg.categories, cfg.n_prompts, cfg.seed, excluded)
-    path = Path(cfg.prompts)
-    if not path.exists():
-        raise ConfigError(f"prompts: {path} does not exist (give 'shapeworld' or a text file, one prompt per line)")
-    prompts = [line.strip() for line in path.read_text().splitlines() if line.strip()]
-    if not prompts:
-        raise ConfigError(f"prompts: {path} has no prompts")
-    return prompts
-
-
 def step_plan(cfg: ReFLConfig, step: int, n_prompts: int) -> tuple[list[int], list[int], int]:
     """(prompt indices repeated per sample, sample seeds, gradient step) of global step `step`: a pure
     function of (seed, step)."""
@@ -136,27 +125,6 @@ def step_plan(cfg: ReFLConfig, step: int, n_prompts: int) -> tuple[list[int], li
     seeds = rng.integers(0, 2**31 - 1, size=len(idx)).tolist()
     k = int(rng.integers(cfg.grad_steps[0], cfg.grad_steps[1] + 1))
     return idx, seeds, k
-
-
-def gather(x: torch.Tensor, world: int) -> torch.Tensor:
-    """Concatenate equal-shaped tensors of every rank, in rank order."""
-    if world == 1:
-        return x
-    import torch.distributed as dist
-
-    parts = [torch.empty_like(x) for _ in range(world)]
-    dist.all_gather(parts, x.contiguous())
-    return torch.cat(parts)
-
-
-def gather_objects(obj: Any, world: int) -> list[Any]:
-    if world == 1:
-        return [obj]
-    import torch.distributed as dist
-
-    out: list[Any] = [None] * world
-    dist.all_gather_object(out, obj)
-    return out
 
 
 def command_line(config_file: str | None, overrides: list[str]) -> str:
@@ -194,7 +162,7 @@ def refl(cfg: ReFLConfig, command: str | None = None) -> Path:
     gen = ShapeWorldGenerator.from_pretrained(generator_path(cfg.generator))
     heldout = heldout_prompts(cfg.eval_categories, cfg.eval_prompts_per_category, cfg.eval_seed)
     excluded = {p for ps in heldout.values() for p in ps}
-    prompts = load_prompts(cfg, excluded)
+    prompts = load_prompts(cfg.prompts, cfg.categories, cfg.n_prompts, cfg.seed, excluded)
     references = None
     if pairwise:  # from the STARTING generator: computed before any update, cached across restarts
         ref_file = out / "references.pt"
@@ -255,18 +223,12 @@ def refl(cfg: ReFLConfig, command: str | None = None) -> Path:
         if ema is not None:
             ema.store(params)
             ema.copy_to(params)
-        n_rows = sum(len(v) for v in heldout.values()) * cfg.eval_seeds
-        ev = evaluate_generator(gen, heldout, range(cfg.eval_seeds), checker_metric, num_steps=cfg.num_steps,
-                                guidance_scale=cfg.guidance_scale, batch_size=cfg.eval_batch_size,
-                                rows=list(range(rank, n_rows, world)))
+        result = evaluate_heldout(gen, heldout, checker_metric, seeds=cfg.eval_seeds, num_steps=cfg.num_steps,
+                                  guidance_scale=cfg.guidance_scale, batch_size=cfg.eval_batch_size, rank=rank,
+                                  world=world)
         if ema is not None:
             ema.restore(params)
-        parts = gather_objects((ev.passed, ev.prompts, ev.images), world)
-        passed = [v for p in parts for v in p[0]]
-        images = torch.cat([p[2] for p in parts])
-        groups = [q for p in parts for q in p[1]]
-        return {"gt_pass_rate": float(np.mean(passed)), "eval_diversity": diversity(images, groups),
-                "eval_images": images, "eval_prompts": groups}
+        return result
 
     def save_checkpoint() -> None:
         state = {"step": step, "elapsed": elapsed, "wall_minutes": wall_minutes(), "trainable": trainable_state(),
@@ -306,13 +268,7 @@ def refl(cfg: ReFLConfig, command: str | None = None) -> Path:
         grad_norm = None
         if update:
             loss.backward()
-            if world > 1:  # average the gradients over the ranks (each holds an equal share of the batch)
-                import torch.distributed as dist
-
-                for p in params:
-                    if p.grad is not None:
-                        dist.all_reduce(p.grad)
-                        p.grad /= world
+            all_reduce_gradients(params, world)  # each rank holds an equal share of the batch
             limit = cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, limit))
         evaluation = evaluate() if step % cfg.eval_steps == 0 or not update else {}
@@ -344,10 +300,7 @@ def refl(cfg: ReFLConfig, command: str | None = None) -> Path:
         stopping = monitor.should_stop or (cfg.max_minutes is not None and elapsed >= cfg.max_minutes)
         if main and (step % cfg.save_steps == 0 or stopping):
             save_checkpoint()
-        if world > 1:
-            import torch.distributed as dist
-
-            dist.barrier()
+        barrier(world)
     bar.close()
     if not main:
         return out
@@ -355,12 +308,7 @@ def refl(cfg: ReFLConfig, command: str | None = None) -> Path:
     if ema is not None:
         ema.copy_to(params)
 
-    def write(p: Path) -> None:
-        gen.save_pretrained(p)
-        if cfg.lora_r > 0:
-            gen.unet.save_lora_adapter(p / "lora", weight_name="pytorch_lora_weights.safetensors")
-
-    final = atomic_dir(out / "final", write)
+    final = save_final(gen, out, lora=cfg.lora_r > 0)
     rows = log.rows
     gt_rows = [r for r in rows if r.get("gt_pass_rate") is not None]
     div_rows = [r for r in rows if r.get("eval_diversity") is not None]

@@ -148,6 +148,19 @@ class RewardClient:
         body = self._compare_body(self.info(), prompt, image_a, image_b, task, symmetric, condition)
         return self._send("POST", "/v1/compare", body)["probability"]
 
+    @property
+    def layout(self) -> str:
+        """The served judge's layout, "pointwise" or "pairwise" (as `RewardModel.layout`)."""
+        return self.info()["layout"]
+
+    def win_matrix(self, prompt: str, images: Sequence[Any], *, task: str | None = None, condition: Any = None,
+                   batch_size: int | None = None) -> torch.Tensor:
+        """n×n P(image i better than image j), as `RewardModel.win_matrix`, in one /v1/score request
+        (`batch_size` is the signature's; the server batches by its own settings)."""
+        from ..models.reward_model import win_matrix_from_scores
+
+        return win_matrix_from_scores(self.score, self.layout, prompt, images, task=task, condition=condition)
+
     def rank(self, prompt: str, images: Sequence[Any], *, task: str | None = None, condition: Any = None) -> list[int]:
         """Indices of `images`, best first, as `RewardModel.rank`."""
         return self._send("POST", "/v1/rank", self._rank_body(self.info(), prompt, images, task, condition))["ranking"]

@@ -1,0 +1,104 @@
+"""What the RL recipes (refl, grpo) share: ranks, prompt pools, held-out evaluation, saving the result.
+
+Data-parallel runs are plain torchrun processes (gloo on CPU): every rank draws the same plan
+for a step from (seed, step), works on its equal share, and the recipes average gradients
+with `all_reduce_gradients`. ShapeWorld enters here (prompt pools, held-out prompts, the
+checker), never in rl/.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..config import ConfigError
+from ..generators import Generator, evaluate_generator
+from ..rl.monitor import diversity
+from ..train.engine import atomic_dir
+from ..world.generation import training_prompts
+
+
+def gather(x: torch.Tensor, world: int) -> torch.Tensor:
+    """Concatenate equal-shaped tensors of every rank, in rank order."""
+    if world == 1:
+        return x
+    import torch.distributed as dist
+
+    parts = [torch.empty_like(x) for _ in range(world)]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts)
+
+
+def gather_objects(obj: Any, world: int) -> list[Any]:
+    """Every rank's `obj` (picklable), in rank order."""
+    if world == 1:
+        return [obj]
+    import torch.distributed as dist
+
+    out: list[Any] = [None] * world
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def all_reduce_gradients(params: Sequence[torch.nn.Parameter], world: int, average: bool = True) -> None:
+    """Sum (average=False) or average the parameters' gradients over the ranks."""
+    if world == 1:
+        return
+    import torch.distributed as dist
+
+    for p in params:
+        if p.grad is not None:
+            dist.all_reduce(p.grad)
+            if average:
+                p.grad /= world
+
+
+def barrier(world: int) -> None:
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def load_prompts(source: str, categories: Sequence[str], n_prompts: int, seed: int, excluded: set[str]) -> list[str]:
+    """The training prompt pool: `n_prompts` drawn from ShapeWorld's `categories` (source "shapeworld"),
+    or a text file with one prompt per line."""
+    if source == "shapeworld":
+        return training_prompts(list(categories), n_prompts, seed, excluded)
+    path = Path(source)
+    if not path.exists():
+        raise ConfigError(f"prompts: {path} does not exist (give 'shapeworld' or a text file, one prompt per line)")
+    prompts = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if not prompts:
+        raise ConfigError(f"prompts: {path} has no prompts")
+    return prompts
+
+
+def evaluate_heldout(gen: Generator, heldout: dict[str, list[str]], metric: Callable, *, seeds: int, num_steps: int,
+                     guidance_scale: float, batch_size: int, rank: int, world: int) -> dict[str, Any]:
+    """Ground truth on the held-out prompts × `seeds` (ODE sampling), split over the ranks: the pass
+    rate, the diversity between a prompt's samples, and the images (every rank gets all of them)."""
+    n_rows = sum(len(v) for v in heldout.values()) * seeds
+    ev = evaluate_generator(gen, heldout, range(seeds), metric, num_steps=num_steps, guidance_scale=guidance_scale,
+                            batch_size=batch_size, rows=list(range(rank, n_rows, world)))
+    parts = gather_objects((ev.passed, ev.prompts, ev.images), world)
+    passed = [v for p in parts for v in p[0]]
+    images = torch.cat([p[2] for p in parts])
+    groups = [q for p in parts for q in p[1]]
+    return {"gt_pass_rate": float(np.mean(passed)), "eval_diversity": diversity(images, groups),
+            "eval_images": images, "eval_prompts": groups}
+
+
+def save_final(gen: Generator, out: Path, lora: bool) -> Path:
+    """`out/final/`: the generator with any LoRA merged, and with LoRA also `final/lora/`, the adapter
+    alone in the diffusers format (`unet.load_lora_adapter(dir, prefix=None)` loads it). Atomic."""
+    def write(p: Path) -> None:
+        gen.save_pretrained(p)
+        if lora:
+            gen.save_lora(p / "lora")
+
+    return atomic_dir(out / "final", write)
