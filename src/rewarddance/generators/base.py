@@ -138,15 +138,10 @@ class Generator(nn.Module, ABC):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
-    @staticmethod
-    def to_images(x: Tensor) -> Tensor:
-        """States in [-1, 1] -> images in [0, 1] (clamped; differentiable inside the range)."""
+    def to_images(self, x: Tensor) -> Tensor:
+        """Clean states -> images B×3×H×W (videos B×F×3×H×W) in [0, 1], differentiably. Pixel space:
+        [-1, 1] -> [0, 1] (clamped); latent adapters decode with their VAE."""
         return ((x + 1) / 2).clamp(0, 1)
-
-    @staticmethod
-    def from_images(images: Tensor) -> Tensor:
-        """Images in [0, 1] -> states in [-1, 1]."""
-        return images * 2 - 1
 
     @staticmethod
     def predict_clean(x: Tensor, sigma: Tensor | float, v: Tensor) -> Tensor:
@@ -182,8 +177,9 @@ class Generator(nn.Module, ABC):
         v = self.velocity(x_t, sigma, self.encode_prompts(prompts))
         return torch.nn.functional.mse_loss(v, eps - x0)
 
-    def initial_noise(self, seeds: Sequence[int]) -> Tensor:
-        """The state at step 0 (sigma 1) for each seed."""
+    def initial_noise(self, seeds: Sequence[int], num_steps: int | None = None) -> Tensor:
+        """The state at step 0 of a `num_steps` schedule for each seed: standard normal noise (sigma 1).
+        Adapters whose schedule starts below sigma 1 (StableDiffusionGenerator) rescale it."""
         return seeded_noise(seeds, self.image_shape, self.device)
 
     def step(self, x: Tensor, step_index: int, cond: Tensor, guidance_scale: float, num_steps: int,
@@ -210,7 +206,7 @@ class Generator(nn.Module, ABC):
             if seeds is None or len(seeds) != len(prompts):
                 raise ValueError(f"sample: give one seed per prompt ({len(prompts)} prompts, "
                                  f"{None if seeds is None else len(seeds)} seeds), or start=(x, step_index)")
-            x, k0 = self.initial_noise(seeds), 0
+            x, k0 = self.initial_noise(seeds, num_steps), 0
         else:
             x, k0 = start
             if x.shape[0] != len(prompts):

@@ -46,13 +46,15 @@ import torch
 from ..config import ConfigError, config_dict, save_config
 from ..evaluate.references import generator_references
 from ..evaluate.scoring import shard_info
-from ..generators import ShapeWorldGenerator, generator_path, save_grid
+from ..generators import save_grid
 from ..rl.grpo import (ADVANTAGE_STD, group_advantages, group_win_rates, grpo_loss, mix_rewards, sample_with_logprob,
                        step_log_prob)
+from ..rl.frames import subsample_frames, video_reward
 from ..rl.monitor import HackingMonitor, MonitorConfig, plot_monitor
 from ..train.engine import Checkpointer, MetricsLog, rng_state, set_rng_state
 from ..world.generation import COMPOSITIONAL, checker_metric, heldout_prompts
-from .rl_common import all_reduce_gradients, barrier, evaluate_heldout, gather, gather_objects, load_prompts, save_final
+from .rl_common import (all_reduce_gradients, barrier, evaluate_heldout, gather, gather_objects, judge_takes_video,
+                        load_prompts, save_final, setup_generator)
 
 #: the keys every GRPO metrics row adds to the monitor's (the issue's contract)
 GRPO_ROW_KEYS = ("reward_std_group", "zero_std_fraction", "kl", "clip_fraction")
@@ -79,7 +81,10 @@ class GRPOConfig:
 
     reward: RewardSpec = field(default_factory=RewardSpec)
     extra_rewards: list[RewardSpec] = field(default_factory=list)  # more judges, mixed with `reward`
-    generator: str = "shapeworld-flow"  # a generator directory, or the name of a committed one
+    generator: str = "shapeworld-flow"  # a generator or diffusers pipeline directory, or a committed name
+    generator_options: dict[str, Any] = field(default_factory=dict)  # pipelines: height, width, num_frames, ...
+    conditions: str | None = None  # image-to-video pipelines: JSONL {"prompt", "image"} (first frames)
+    reward_frames: int = 4  # video generators: frames the judge sees (an image judge averages over them)
     output_dir: str = "runs/grpo"
     prompts: str = "shapeworld"  # or a text file, one prompt per line
     categories: list[str] = field(default_factory=lambda: list(COMPOSITIONAL))
@@ -176,12 +181,20 @@ def load_judge(spec: RewardSpec) -> Any:
 
 
 def judge_rewards(judge: Any, spec: RewardSpec, images: torch.Tensor, prompts: list[str], groups: list[int],
-                  references: torch.Tensor | None) -> torch.Tensor:
-    """One judge's reward per sample (float64)."""
+                  references: torch.Tensor | None, *, frames: int, video_judge: bool) -> torch.Tensor:
+    """One judge's reward per sample (float64). Videos: the judge sees `frames` frames (an image judge
+    scores each and they are averaged)."""
     if spec.mode == "win-rate":
-        return group_win_rates(lambda p, ims: judge.win_matrix(p, ims, task=spec.task), images, prompts, groups)
+        if images.ndim == 5 and not video_judge:
+            raise ConfigError("reward.mode: win-rate on videos needs a video judge")
+        clips = subsample_frames(images, frames) if images.ndim == 5 else images
+        return group_win_rates(lambda p, ims: judge.win_matrix(p, ims, task=spec.task), clips, prompts, groups)
     refs = None if references is None else [references[g] for g in groups]
-    return torch.tensor(judge.score(prompts, list(images), references=refs, task=spec.task), dtype=torch.float64)
+
+    def score(x: torch.Tensor, texts: list[str], refs: Any) -> torch.Tensor:
+        return torch.tensor(judge.score(texts, list(x), references=refs, task=spec.task), dtype=torch.float64)
+
+    return video_reward(score, frames, video_judge)(images, prompts, refs)
 
 
 def command_line(config_file: str | None, overrides: list[str]) -> str:
@@ -207,10 +220,12 @@ def grpo(cfg: GRPOConfig, command: str | None = None) -> Path:
 
     specs = [cfg.reward, *cfg.extra_rewards]
     judges = [load_judge(s) for s in specs]
-    gen = ShapeWorldGenerator.from_pretrained(generator_path(cfg.generator))
+    gen, condition_prompts = setup_generator(cfg.generator, cfg.generator_options, ground_truth=cfg.ground_truth,
+                                             conditions=cfg.conditions)
     heldout = heldout_prompts(cfg.eval_categories, cfg.eval_prompts_per_category, cfg.eval_seed)
     excluded = {p for ps in heldout.values() for p in ps}
-    prompts = load_prompts(cfg.prompts, cfg.categories, cfg.n_prompts, cfg.seed, excluded)
+    prompts = condition_prompts or load_prompts(cfg.prompts, cfg.categories, cfg.n_prompts, cfg.seed, excluded)
+    takes_video = [judge_takes_video(j, s.task) for j, s in zip(judges, specs)]
     if len(prompts) < cfg.prompts_per_step:
         raise ConfigError(f"prompts_per_step ({cfg.prompts_per_step}) exceeds the {len(prompts)} prompts")
 
@@ -298,8 +313,9 @@ def grpo(cfg: GRPOConfig, command: str | None = None) -> Path:
             traj = sample_with_logprob(gen, local_prompts, seeds[lo:lo + share], num_steps=cfg.num_steps,
                                        guidance_scale=cfg.guidance_scale, noise_level=cfg.noise_level)
         # 2. rewards (every judge, on this rank's whole groups), gathered; advantages on the full batch
-        per_judge = [gather(judge_rewards(judge, spec, traj.images, local_prompts, idx[lo:lo + share], refs), world)
-                     for judge, spec, refs in zip(judges, specs, references)]
+        per_judge = [gather(judge_rewards(judge, spec, traj.images, local_prompts, idx[lo:lo + share], refs,
+                                          frames=cfg.reward_frames, video_judge=video), world)
+                     for judge, spec, refs, video in zip(judges, specs, references, takes_video)]
         raw = sum(s.weight * r for s, r in zip(specs, per_judge))  # what the monitor watches
         signal = per_judge[0] if len(specs) == 1 else mix_rewards(per_judge, [s.weight for s in specs], idx)
         advantages, mask = group_advantages(signal, idx, std=cfg.advantage_std, clip=cfg.adv_clip)

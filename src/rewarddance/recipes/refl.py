@@ -38,13 +38,14 @@ import torch
 from ..config import ConfigError, config_dict, save_config
 from ..evaluate.references import generator_references
 from ..evaluate.scoring import shard_info
-from ..generators import ShapeWorldGenerator, generator_path, save_grid
+from ..generators import save_grid
 from ..rl.monitor import HackingMonitor, MonitorConfig, plot_monitor
+from ..rl.frames import video_reward
 from ..rl.refl import REWARD_LOSSES, refl_forward
 from ..train.engine import Checkpointer, MetricsLog, rng_state, set_rng_state
 from ..world.generation import COMPOSITIONAL, checker_metric, heldout_prompts, render_batch
-from .rl_common import (all_reduce_gradients, barrier, evaluate_heldout, gather, gather_objects, load_prompts,
-                        save_final)
+from .rl_common import (all_reduce_gradients, barrier, evaluate_heldout, gather, gather_objects, judge_takes_video,
+                        load_prompts, save_final, setup_generator)
 
 
 @dataclass
@@ -52,7 +53,10 @@ class ReFLConfig:
     """Settings of `rewarddance rl refl` (YAML keys; override any with key=value, `monitor.x=...`)."""
 
     rm: str | None = None  # the judge: a checkpoint directory or preset name; required
-    generator: str = "shapeworld-flow"  # a generator directory, or the name of a committed one
+    generator: str = "shapeworld-flow"  # a generator or diffusers pipeline directory, or a committed name
+    generator_options: dict[str, Any] = field(default_factory=dict)  # pipelines: height, width, num_frames, ...
+    conditions: str | None = None  # image-to-video pipelines: JSONL {"prompt", "image"} (first frames)
+    reward_frames: int = 4  # video generators: frames the judge sees (an image judge averages over them)
     task: str | None = None  # the judge's task (default: its checkpoint's)
     rm_dtype: Literal["float32", "bfloat16"] = "float32"
     output_dir: str = "runs/refl"
@@ -157,12 +161,13 @@ def refl(cfg: ReFLConfig, command: str | None = None) -> Path:
     rm = rd.load(cfg.rm, dtype=getattr(torch, cfg.rm_dtype))
     rm.judge.requires_grad_(False).eval()
     pairwise = rm.layout == "pairwise"
-    reward_fn = rm.reward_fn(cfg.task)
+    reward_fn = video_reward(rm.reward_fn(cfg.task), cfg.reward_frames, judge_takes_video(rm, cfg.task))
 
-    gen = ShapeWorldGenerator.from_pretrained(generator_path(cfg.generator))
+    gen, condition_prompts = setup_generator(cfg.generator, cfg.generator_options, ground_truth=cfg.ground_truth,
+                                             conditions=cfg.conditions, pixel_space_needed=cfg.pretrain_weight > 0)
     heldout = heldout_prompts(cfg.eval_categories, cfg.eval_prompts_per_category, cfg.eval_seed)
     excluded = {p for ps in heldout.values() for p in ps}
-    prompts = load_prompts(cfg.prompts, cfg.categories, cfg.n_prompts, cfg.seed, excluded)
+    prompts = condition_prompts or load_prompts(cfg.prompts, cfg.categories, cfg.n_prompts, cfg.seed, excluded)
     references = None
     if pairwise:  # from the STARTING generator: computed before any update, cached across restarts
         ref_file = out / "references.pt"

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ..config import ConfigError
-from ..generators import Generator, evaluate_generator
+from ..generators import Generator, ShapeWorldGenerator, evaluate_generator, generator_path, load_generator
 from ..rl.monitor import diversity
 from ..train.engine import atomic_dir
 from ..world.generation import training_prompts
@@ -76,6 +76,55 @@ def load_prompts(source: str, categories: Sequence[str], n_prompts: int, seed: i
     if not prompts:
         raise ConfigError(f"prompts: {path} has no prompts")
     return prompts
+
+
+def setup_generator(name_or_path: str, options: dict[str, Any], *, ground_truth: str, conditions: str | None,
+                    pixel_space_needed: bool = False) -> tuple[Generator, list[str] | None]:
+    """The generator to fine-tune (a committed name, a ShapeWorld directory or a diffusers pipeline
+    directory with its `options`) and, for an image-to-video pipeline, the prompts of the `conditions`
+    manifest (JSONL rows {"prompt", "image"}: each prompt's first frame), already set on it."""
+    gen = load_generator(generator_path(name_or_path), **options)
+    if ground_truth == "shapeworld" and not isinstance(gen, ShapeWorldGenerator):
+        raise ConfigError("ground_truth: the ShapeWorld checker judges ShapeWorld generators' images; "
+                          "set ground_truth=none for a diffusers pipeline")
+    if pixel_space_needed and not isinstance(gen, ShapeWorldGenerator):
+        raise ConfigError("pretrain_weight: the regulariser trains on ShapeWorld renders in pixel space; "
+                          "set pretrain_weight=0 for a diffusers pipeline")
+    if not hasattr(gen, "set_condition_images"):
+        if conditions:
+            raise ConfigError(f"conditions: {type(gen).__name__} is not an image-to-video generator")
+        return gen, None
+    if not conditions:
+        raise ConfigError(f"conditions: {type(gen).__name__} needs a JSONL of {{\"prompt\", \"image\"}} rows "
+                          f"(each prompt's first frame)")
+    from ..data.records import RecordError, read_jsonl
+
+    path = Path(conditions)
+    if not path.exists():
+        raise ConfigError(f"conditions: {path} does not exist")
+    rows = []
+    for item in read_jsonl(path):
+        if isinstance(item, RecordError):
+            raise ConfigError(f"conditions: {item}")
+        line, row = item
+        if not isinstance(row, dict) or {"prompt", "image"} - set(row):
+            raise ConfigError(f"conditions: {path}:{line}: a row needs \"prompt\" and \"image\"")
+        rows.append(row)
+    if not rows:
+        raise ConfigError(f"conditions: {path} has no rows")
+    base = path.parent
+    gen.set_condition_images([r["prompt"] for r in rows], [base / r["image"] for r in rows])
+    return gen, [r["prompt"] for r in rows]
+
+
+def judge_takes_video(judge: Any, task: str | None) -> bool:
+    """Whether a judge (a RewardModel or a RewardClient) scores videos under `task` (default: its own)."""
+    from ..context import get_task
+    from ..models.reward_model import RewardModel
+
+    if not isinstance(judge, RewardModel) and task is None:  # a server (RewardClient): its task's media
+        return judge.info()["media"] == "video"
+    return get_task(task or judge.task).is_video
 
 
 def evaluate_heldout(gen: Generator, heldout: dict[str, list[str]], metric: Callable, *, seeds: int, num_steps: int,

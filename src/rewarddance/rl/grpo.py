@@ -117,7 +117,7 @@ def sample_with_logprob(gen: Generator, prompts: Sequence[str], seeds: Sequence[
     sig = gen.sigmas(num_steps).to(gen.device)
     cond = gen.encode_prompts(list(prompts))
     uncond = gen.encode_prompts([""]) if guidance_scale != 1.0 else None
-    x = gen.initial_noise(list(seeds))
+    x = gen.initial_noise(list(seeds), num_steps)
     states, log_probs = [x], []
     for k in range(num_steps):
         v = gen.velocity(x, sig[k], cond, guidance_scale, uncond)

@@ -82,7 +82,7 @@ def search_over_paths(gen: Generator, prompt: str, score: ScoreFn, *, paths: int
     cond = gen.encode_prompts([prompt] * paths)
     uncond = gen.encode_prompts([""]) if guidance_scale != 1.0 else None
     base = seed * 1_000_000
-    x = gen.initial_noise([base + i for i in range(paths)])
+    x = gen.initial_noise([base + i for i in range(paths)], num_steps)
     k, calls, nfe, next_seed = 0, 0, 0, base + paths
     trace: list[dict] = []
 
