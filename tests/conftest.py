@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
+import signal
+import subprocess
+import time
 
 import pytest
 import torch
@@ -107,3 +111,48 @@ def judges(preset_dirs, tmp_path_factory):
         rd.load(preset_dirs("qwen2_5_vl"), layout=layout, dtype=torch.float32).save_pretrained(root / layout)
         out[layout] = root / layout
     return out
+
+
+# ------------------------------------------------------------------ RL runs (ReFL, GRPO)
+def metrics_rows(out) -> list[dict]:
+    """The rows of a run's metrics.jsonl."""
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def assert_same_rows(a: list[dict], b: list[dict], keys, atol: float) -> None:
+    """Two runs logged the same steps with the same values of `keys` (None where one has none)."""
+    assert [r["step"] for r in a] == [r["step"] for r in b]
+    for ra, rb in zip(a, b):
+        for key in keys:
+            if ra.get(key) is None:
+                assert rb.get(key) is None, (ra["step"], key)
+            else:
+                assert abs(ra[key] - rb[key]) <= atol, (ra["step"], key, ra[key], rb[key])
+
+
+def kill_at_checkpoint(cmd: list[str], out, step: int, timeout: float = 240) -> None:
+    """Start a recipe, SIGKILL it as soon as its checkpoint of `step` is on disk."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    while not (out / "checkpoints" / f"step-{step}").exists():
+        assert proc.poll() is None, "the run ended before it could be killed"
+        assert time.time() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+def assert_lora_export_matches_final(gen_dir, run_dir, prompts) -> None:
+    """`final/lora/` loaded onto the starting generator samples what the merged `final/` samples, and
+    differs from the start far more than from the merged weights."""
+    start = ShapeWorldGenerator.from_pretrained(gen_dir)
+    final = ShapeWorldGenerator.from_pretrained(run_dir / "final")
+    assert not any("lora" in n for n, _ in final.named_parameters())  # merged: a plain generator
+    with torch.no_grad():
+        before = start.sample(prompts, seeds=[5, 6], num_steps=4).images
+    start.unet.load_lora_adapter(run_dir / "final" / "lora", prefix=None,
+                                 weight_name="pytorch_lora_weights.safetensors")
+    with torch.no_grad():
+        adapted, merged = (g.sample(prompts, seeds=[5, 6], num_steps=4).images for g in (start, final))
+    assert (adapted - before).abs().max() > 100 * (adapted - merged).abs().max()
+    assert (adapted - merged).abs().max() < 1e-4

@@ -25,6 +25,7 @@ class Run:
     lora: bool = False
     eval_data: str | None = None
     optim: Optim = field(default_factory=Optim)
+    extra: list[Optim] = field(default_factory=list)  # a list of sections (GRPO's extra_rewards)
 
 
 def test_defaults_yaml_then_overrides(tmp_path):
@@ -33,14 +34,33 @@ def test_defaults_yaml_then_overrides(tmp_path):
                                                    "optim.betas=[0.8, 0.9]", "model=7"])
     assert cfg == Run(model="7", steps=30, lora=True, eval_data="x.jsonl", optim=Optim(3e-4, [0.8, 0.9]))
     assert load_config(Run, overrides=["optim.lr=1"]).optim.lr == 1.0  # int -> float is lossless
+    cfg.extra = load_config(Run, overrides=["extra=[{lr: 0.5}, {}]"]).extra
+    assert cfg.extra == [Optim(lr=0.5), Optim()]
     save_config(cfg, tmp_path / "out" / "config.yaml")
     assert load_config(Run, tmp_path / "out" / "config.yaml") == cfg
+
+
+def test_every_shipped_recipe_config_loads():
+    from pathlib import Path
+
+    import rewarddance
+    from rewarddance.recipes.grpo import GRPOConfig
+    from rewarddance.recipes.pretrain_generator import GeneratorPretrainConfig
+    from rewarddance.recipes.refl import ReFLConfig
+
+    schemas = {"grpo": GRPOConfig, "grpo-sd3": GRPOConfig, "refl": ReFLConfig, "pretrain_generator":
+               GeneratorPretrainConfig}
+    files = sorted((Path(rewarddance.__file__).parent / "recipes" / "configs").glob("*.yaml"))
+    assert {f.stem for f in files} == set(schemas)
+    for f in files:
+        load_config(schemas[f.stem], f)
 
 
 @pytest.mark.parametrize("override, message", [
     ("stepz=3", "unknown key 'stepz'"), ("optim.lr2=3", "unknown key 'optim.lr2'"),
     ("steps=ten", "steps: 'ten' is not a int"), ("lora=maybe", "lora: 'maybe' is not a bool"),
     ("steps=1.5", "steps"), ("optim.betas=3", "optim.betas: expected a list"), ("steps", "key=value"),
+    ("extra=[{lr2: 1}]", "unknown key 'extra[0].lr2'"), ("extra=[3]", "extra[0]: expected a mapping"),
 ])
 def test_bad_keys_and_types_name_the_key(override, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[")):

@@ -7,10 +7,8 @@ from __future__ import annotations
 import json
 import math
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -21,6 +19,8 @@ from rewarddance.generators import ShapeWorldGenerator
 from rewarddance.recipes.grpo import GRPO_ROW_KEYS, GRPOConfig, RewardSpec, grpo, step_plan
 from rewarddance.rl.grpo import (group_advantages, group_win_rates, grpo_loss, mix_rewards, sample_with_logprob,
                                  sde_step, step_log_prob)
+
+from .conftest import assert_lora_export_matches_final, assert_same_rows, kill_at_checkpoint, metrics_rows
 
 PROMPTS = ["two red circles", "a blue star above a green ring"]
 
@@ -144,19 +144,8 @@ def _cmd(out, gen_dir, rm_dir, *launcher, **extra):
             *_overrides(out, gen_dir, rm_dir, **extra)]
 
 
-def _rows(out):
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-
-
-def _same_rows(a, b, atol):
-    assert [r["step"] for r in a] == [r["step"] for r in b]
-    for ra, rb in zip(a, b):
-        for key in ("reward_mean", "reward_std", "reward_std_window", "diversity", "loss", "gt_pass_rate",
-                    "grad_norm", *GRPO_ROW_KEYS):
-            if ra.get(key) is None:
-                assert rb.get(key) is None, (ra["step"], key)
-            else:
-                assert abs(ra[key] - rb[key]) <= atol, (ra["step"], key, ra[key], rb[key])
+ROW_KEYS = ("reward_mean", "reward_std", "reward_std_window", "diversity", "loss", "gt_pass_rate", "grad_norm",
+            *GRPO_ROW_KEYS)
 
 
 @pytest.fixture(scope="module")
@@ -168,7 +157,7 @@ def uninterrupted(gen_dir, judges, tmp_path_factory):
 
 
 def test_grpo_run_writes_the_contract(uninterrupted, gen_dir):
-    rows = _rows(uninterrupted)
+    rows = metrics_rows(uninterrupted)
     assert [r["step"] for r in rows] == list(range(5))
     for r in rows:
         assert {"step", "reward_mean", "reward_std", "reward_std_window", "diversity", *GRPO_ROW_KEYS} <= set(r)
@@ -179,22 +168,24 @@ def test_grpo_run_writes_the_contract(uninterrupted, gen_dir):
     assert len({r["reward_mean"] for r in rows}) > 1
     report = json.loads((uninterrupted / "report.json").read_text())
     assert report["method"] == "grpo" and report["gt_pass_rate_before"] == rows[0]["gt_pass_rate"]
+    # row 0's evaluation is the starting generator's (before any update), the last row's the final one's
+    from rewarddance.recipes.rl_common import evaluate_heldout
+    from rewarddance.world.generation import COMPOSITIONAL, checker_metric, heldout_prompts
+
+    held = heldout_prompts(list(COMPOSITIONAL), 1, 1234)
+    for row, path in ((rows[0], gen_dir), (rows[-1], uninterrupted / "final")):
+        ev = evaluate_heldout(ShapeWorldGenerator.from_pretrained(path), held, checker_metric, seeds=2, num_steps=4,
+                              guidance_scale=3.0, batch_size=64, rank=0, world=1)
+        assert abs(ev["eval_diversity"] - row["eval_diversity"]) < 1e-6
+    assert abs(rows[0]["eval_diversity"] - rows[-1]["eval_diversity"]) > 1e-4
     assert (uninterrupted / "references.pt").exists() and (uninterrupted / "monitor.png").exists()
-    final = ShapeWorldGenerator.from_pretrained(uninterrupted / "final")
-    start = ShapeWorldGenerator.from_pretrained(gen_dir)
-    with torch.no_grad():
-        before = start.sample(PROMPTS, seeds=[5, 6], num_steps=4).images
-    start.unet.load_lora_adapter(uninterrupted / "final" / "lora", prefix=None,
-                                 weight_name="pytorch_lora_weights.safetensors")
-    with torch.no_grad():
-        adapted, merged = (g.sample(PROMPTS, seeds=[5, 6], num_steps=4).images for g in (start, final))
-    assert (adapted - before).abs().max() > 100 * (adapted - merged).abs().max()
+    assert_lora_export_matches_final(gen_dir, uninterrupted, PROMPTS)
 
 
 def test_grpo_update_does_not_depend_on_the_micro_batch_size(gen_dir, judges, tmp_path):
     """One step (two optimizer updates, the second off-policy) with micro-batches of 1 and of 3 samples:
     the same LoRA weights, which moved far more than they differ. Pointwise judge in win-rate mode mixed
-    with a second judge."""
+    with a pairwise judge and the ShapeWorld checker (a rule reward)."""
     from rewarddance.config import load_config
 
     weights = []
@@ -202,11 +193,12 @@ def test_grpo_update_does_not_depend_on_the_micro_batch_size(gen_dir, judges, tm
         cfg = load_config(GRPOConfig, overrides=_overrides(tmp_path / f"mb{mb}", gen_dir, judges["pointwise"],
                                                            micro_batch_size=mb, max_steps=1, ground_truth="none",
                                                            **{"reward.mode": "win-rate"}))
-        cfg.extra_rewards = [RewardSpec(rm=str(judges["pairwise"]), weight=0.5)]
+        cfg.extra_rewards = [RewardSpec(rm=str(judges["pairwise"]), weight=0.5),
+                             RewardSpec(checker="shapeworld", weight=0.25)]
         grpo(cfg)
         weights.append(ShapeWorldGenerator.from_pretrained(tmp_path / f"mb{mb}" / "final").unet.state_dict())
-        rows = _rows(tmp_path / f"mb{mb}")
-        assert {"reward_0_mean", "reward_1_mean"} <= set(rows[0])
+        rows = metrics_rows(tmp_path / f"mb{mb}")
+        assert {"reward_0_mean", "reward_1_mean", "reward_2_mean"} <= set(rows[0])
     start = ShapeWorldGenerator.from_pretrained(gen_dir).unet.state_dict()
     moved = max(float((weights[0][k] - start[k]).abs().max()) for k in start)
     differ = max(float((weights[0][k] - weights[1][k]).abs().max()) for k in start)
@@ -215,19 +207,11 @@ def test_grpo_update_does_not_depend_on_the_micro_batch_size(gen_dir, judges, tm
 
 def test_grpo_resumes_after_sigkill_with_identical_rows(uninterrupted, gen_dir, judges, tmp_path):
     out = tmp_path / "killed"
-    proc = subprocess.Popen(_cmd(out, gen_dir, judges["pairwise"]), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
-    while not (out / "checkpoints" / "step-2").exists():
-        assert proc.poll() is None, "the run ended before it could be killed"
-        assert time.time() < deadline
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert len(_rows(out)) < 5
+    kill_at_checkpoint(_cmd(out, gen_dir, judges["pairwise"]), out, 2)
+    assert len(metrics_rows(out)) < 5
     r = subprocess.run(_cmd(out, gen_dir, judges["pairwise"]), capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
-    _same_rows(_rows(uninterrupted), _rows(out), atol=1e-6)
+    assert_same_rows(metrics_rows(uninterrupted), metrics_rows(out), ROW_KEYS, atol=1e-6)
 
 
 def test_grpo_data_parallel_two_processes_matches_one(uninterrupted, gen_dir, judges, tmp_path):
@@ -238,7 +222,7 @@ def test_grpo_data_parallel_two_processes_matches_one(uninterrupted, gen_dir, ju
                        timeout=300, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     assert json.loads((out / "report.json").read_text())["processes"] == 2
-    _same_rows(_rows(uninterrupted), _rows(out), atol=1e-4)
+    assert_same_rows(metrics_rows(uninterrupted), metrics_rows(out), ROW_KEYS, atol=1e-4)
 
 
 def test_grpo_with_a_remote_reward_served_on_loopback(gen_dir, judges, tmp_path):
@@ -274,6 +258,6 @@ def test_grpo_with_a_remote_reward_served_on_loopback(gen_dir, judges, tmp_path)
         images = sample_with_logprob(gen, [prompts[i] for i in idx], seeds, num_steps=cfg.num_steps,
                                      guidance_scale=cfg.guidance_scale, noise_level=cfg.noise_level).images
     local = rm.score([prompts[i] for i in idx], list((images * 255).round() / 255))
-    row = _rows(out)[0]
+    row = metrics_rows(out)[0]
     assert abs(row["reward_mean"] - float(np.mean(local))) < 1e-5
     assert float(np.std(local)) > 1e-3

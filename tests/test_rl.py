@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -17,6 +15,8 @@ import torch
 import rewarddance as rd
 from rewarddance.generators import ShapeWorldGenerator
 from rewarddance.rl import best_of_n, refl_forward, reward_to_loss, search_over_paths
+
+from .conftest import assert_lora_export_matches_final, assert_same_rows, kill_at_checkpoint, metrics_rows
 
 PROMPTS = ["two red circles", "a blue star above a green ring"]
 
@@ -112,19 +112,8 @@ def _refl_cmd(out, gen_dir, rm_dir, *launcher):
             "pretrain_batch_size=4", "ema_decay=0.9", "progress=false", "tensorboard=false"]
 
 
-def _rows(out):
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-
-
-def _same_rows(a, b, atol):
-    assert [r["step"] for r in a] == [r["step"] for r in b]
-    for ra, rb in zip(a, b):
-        for key in ("reward_mean", "reward_std", "reward_std_window", "diversity", "loss", "gt_pass_rate",
-                    "eval_diversity", "grad_norm", "step_index"):
-            if ra.get(key) is None:
-                assert rb.get(key) is None, (ra["step"], key)
-            else:
-                assert abs(ra[key] - rb[key]) <= atol, (ra["step"], key, ra[key], rb[key])
+ROW_KEYS = ("reward_mean", "reward_std", "reward_std_window", "diversity", "loss", "gt_pass_rate", "eval_diversity",
+            "grad_norm", "step_index")
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +124,7 @@ def uninterrupted(gen_dir, judges, tmp_path_factory):
 
 
 def test_refl_run_writes_the_contract(uninterrupted, gen_dir):
-    rows = _rows(uninterrupted)
+    rows = metrics_rows(uninterrupted)
     assert [r["step"] for r in rows] == list(range(6))  # row 0 = before any update, then one per update
     for r in rows:
         assert {"step", "reward_mean", "reward_std", "reward_std_window", "diversity"} <= set(r)
@@ -145,35 +134,16 @@ def test_refl_run_writes_the_contract(uninterrupted, gen_dir):
     report = json.loads((uninterrupted / "report.json").read_text())
     assert report["layout"] == "pairwise" and report["gt_pass_rate_before"] == rows[0]["gt_pass_rate"]
     assert {"hacking_flagged", "diversity_before", "diversity_after", "reward_std_window_last"} <= set(report)
-    final = ShapeWorldGenerator.from_pretrained(uninterrupted / "final")  # LoRA merged: a plain generator
-    assert not any("lora" in n for n, _ in final.named_parameters())
-    start = ShapeWorldGenerator.from_pretrained(gen_dir)  # the adapter alone, loaded onto the start: the same
-    with torch.no_grad():
-        before = start.sample(PROMPTS, seeds=[5, 6], num_steps=4).images
-    start.unet.load_lora_adapter(uninterrupted / "final" / "lora", prefix=None,
-                                 weight_name="pytorch_lora_weights.safetensors")
-    with torch.no_grad():
-        adapted, merged = (g.sample(PROMPTS, seeds=[5, 6], num_steps=4).images for g in (start, final))
-    assert (adapted - before).abs().max() > 100 * (adapted - merged).abs().max()
-    assert (adapted - merged).abs().max() < 1e-4
+    assert_lora_export_matches_final(gen_dir, uninterrupted, PROMPTS)
     assert (uninterrupted / "monitor.png").exists() and (uninterrupted / "references.pt").exists()
 
 
 def test_refl_resumes_after_sigkill_with_identical_rows(uninterrupted, gen_dir, judges, tmp_path):
     out = tmp_path / "killed"
-    proc = subprocess.Popen(_refl_cmd(out, gen_dir, judges["pairwise"]), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
-    while not (out / "checkpoints" / "step-3").exists():
-        assert proc.poll() is None, "the run ended before it could be killed"
-        assert time.time() < deadline
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    killed_at = len(_rows(out))
-    assert killed_at < 6
+    kill_at_checkpoint(_refl_cmd(out, gen_dir, judges["pairwise"]), out, 3)
+    assert len(metrics_rows(out)) < 6
     subprocess.run(_refl_cmd(out, gen_dir, judges["pairwise"]), check=True, capture_output=True, timeout=300)
-    _same_rows(_rows(uninterrupted), _rows(out), atol=1e-6)
+    assert_same_rows(metrics_rows(uninterrupted), metrics_rows(out), ROW_KEYS, atol=1e-6)
 
 
 def test_refl_data_parallel_two_processes_matches_one(uninterrupted, gen_dir, judges, tmp_path):
@@ -186,7 +156,7 @@ def test_refl_data_parallel_two_processes_matches_one(uninterrupted, gen_dir, ju
                        timeout=300, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     assert json.loads((out / "report.json").read_text())["processes"] == 2
-    _same_rows(_rows(uninterrupted), _rows(out), atol=1e-4)
+    assert_same_rows(metrics_rows(uninterrupted), metrics_rows(out), ROW_KEYS, atol=1e-4)
 
 
 def test_search_recipes_write_their_tables(judges, gen_dir, tmp_path):
@@ -216,11 +186,13 @@ def test_rl_study_with_given_judges_writes_the_contract_and_resumes(judges, gen_
     s = StudySettings(refl_steps=2, refl_overrides=["n_prompts=4", "prompts_per_step=2", "grad_steps=[2,3]",
                                                     "reference_candidates=2", "tensorboard=false"],
                       eval_prompts_per_category=1, eval_seeds=2, eval_steps=2, search_n=[2], search_paths=[2],
-                      generator=str(gen_dir), num_steps=4)
+                      generator=str(gen_dir), num_steps=4, grpo_steps=1, grpo_judges=["pointwise"],
+                      grpo_overrides=["n_prompts=4", "prompts_per_step=2", "group_size=2", "num_steps=3",
+                                      "tensorboard=false"])
     rms = {"pairwise": str(judges["pairwise"]), "pointwise": str(judges["pointwise"])}
     result = study_rl(tmp_path / "study", rms=rms, settings=s)
     names = [a["name"] for a in result["arms"]]
-    assert names == ["refl-pairwise", "refl-pointwise", "best-of-n", "search-paths2"]
+    assert names == ["refl-pairwise", "refl-pointwise", "grpo-pointwise", "best-of-n", "search-paths2"]
     keys = {"name", "rm", "method", "gt_pass_rate_before", "gt_pass_rate_after", "reward_std_window_last",
             "diversity_before", "diversity_after", "hacking_flagged"}
     on_disk = json.loads((tmp_path / "study" / "results.json").read_text())
@@ -228,8 +200,12 @@ def test_rl_study_with_given_judges_writes_the_contract_and_resumes(judges, gen_
     for arm in on_disk["arms"]:
         assert keys <= set(arm) and arm["method"] in ("refl", "grpo", "best-of-n", "search")
     for name in ("refl-pairwise", "refl-pointwise"):
-        rows = _rows(tmp_path / "study" / name)
+        rows = metrics_rows(tmp_path / "study" / name)
         assert [r["step"] for r in rows] == [0, 1, 2] and rows[0]["gt_pass_rate"] is not None
+    rows = metrics_rows(tmp_path / "study" / "grpo-pointwise")
+    assert [r["step"] for r in rows] == [0, 1] and {"kl", "clip_fraction", "zero_std_fraction"} <= set(rows[0])
+    for name in names:  # every arm's files in its own folder
+        assert any((tmp_path / "study" / name / f).exists() for f in ("metrics.jsonl", "results.json")), name
     assert (tmp_path / "study" / "results.md").exists() and (tmp_path / "study" / "curves.png").exists()
     mtime = (tmp_path / "study" / "refl-pairwise" / "report.json").stat().st_mtime
     study_rl(tmp_path / "study", rms=rms, settings=s)  # finished arms are skipped

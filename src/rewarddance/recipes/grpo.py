@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import math
 import shlex
 import sys
@@ -46,15 +45,15 @@ import torch
 from ..config import ConfigError, config_dict, save_config
 from ..evaluate.references import generator_references
 from ..evaluate.scoring import shard_info
-from ..generators import save_grid
+from ..rl.frames import subsample_frames, video_reward
 from ..rl.grpo import (ADVANTAGE_STD, group_advantages, group_win_rates, grpo_loss, mix_rewards, sample_with_logprob,
                        step_log_prob)
-from ..rl.frames import subsample_frames, video_reward
-from ..rl.monitor import HackingMonitor, MonitorConfig, plot_monitor
-from ..train.engine import Checkpointer, MetricsLog, rng_state, set_rng_state
+from ..rl.monitor import HackingMonitor, MonitorConfig
+from ..train.engine import Checkpointer, MetricsLog, rng_state
 from ..world.generation import COMPOSITIONAL, checker_metric, heldout_prompts
 from .rl_common import (all_reduce_gradients, barrier, evaluate_heldout, gather, gather_objects, judge_takes_video,
-                        load_prompts, save_final, setup_generator)
+                        load_prompts, finish_run, restore_checkpoint, setup_generator,
+                        trainable_state)
 
 #: the keys every GRPO metrics row adds to the monitor's (the issue's contract)
 GRPO_ROW_KEYS = ("reward_std_group", "zero_std_fraction", "kl", "clip_fraction")
@@ -66,6 +65,9 @@ class RewardSpec:
 
     rm: str | None = None  # a judge checkpoint directory or preset name
     remote: str | None = None  # or the URL of a `rewarddance serve` server (API key from $REWARDDANCE_API_KEY)
+    # or a rule reward: "shapeworld", the checker's fraction of the prompt's constraints that hold (GenEval-like;
+    # the study's oracle: what GRPO does with a correct reward)
+    checker: Literal["shapeworld"] | None = None
     task: str | None = None  # the judge's task (default: the checkpoint's / the server's)
     # score: the judge's reward (pointwise), or P(sample beats the prompt's Best-of-N reference) (pairwise);
     # win-rate: each sample's mean P(beats the other members of its group)
@@ -132,8 +134,10 @@ class GRPOConfig:
 def check_config(cfg: GRPOConfig, world: int) -> None:
     for i, spec in enumerate([cfg.reward, *cfg.extra_rewards]):
         name = "reward" if i == 0 else f"extra_rewards[{i - 1}]"
-        if (spec.rm is None) == (spec.remote is None):
-            raise ConfigError(f"{name}: give exactly one of rm (a checkpoint) or remote (a server URL)")
+        if sum(x is not None for x in (spec.rm, spec.remote, spec.checker)) != 1:
+            raise ConfigError(f"{name}: give exactly one of rm (a checkpoint), remote (a server URL) or checker")
+        if spec.checker and spec.mode != "score":
+            raise ConfigError(f"{name}: a checker reward has mode 'score'")
     for key in ("prompts_per_step", "group_size", "num_steps", "updates_per_step", "micro_batch_size",
                 "eval_steps", "save_steps"):
         if getattr(cfg, key) < 1:
@@ -168,7 +172,10 @@ def step_plan(cfg: GRPOConfig, step: int, n_prompts: int) -> tuple[list[int], li
 
 
 def load_judge(spec: RewardSpec) -> Any:
-    """A local frozen `RewardModel`, or a `RewardClient` for a server: both have score / win_matrix / layout."""
+    """A local frozen `RewardModel`, or a `RewardClient` for a server: both have score / win_matrix / layout;
+    None for a checker reward."""
+    if spec.checker:
+        return None
     if spec.remote:
         from ..serve.client import RewardClient
 
@@ -184,6 +191,8 @@ def judge_rewards(judge: Any, spec: RewardSpec, images: torch.Tensor, prompts: l
                   references: torch.Tensor | None, *, frames: int, video_judge: bool) -> torch.Tensor:
     """One judge's reward per sample (float64). Videos: the judge sees `frames` frames (an image judge
     scores each and they are averaged)."""
+    if spec.checker:
+        return torch.tensor(checker_metric(images, prompts)[1], dtype=torch.float64)
     if spec.mode == "win-rate":
         if images.ndim == 5 and not video_judge:
             raise ConfigError("reward.mode: win-rate on videos needs a video judge")
@@ -195,6 +204,10 @@ def judge_rewards(judge: Any, spec: RewardSpec, images: torch.Tensor, prompts: l
         return torch.tensor(judge.score(texts, list(x), references=refs, task=spec.task), dtype=torch.float64)
 
     return video_reward(score, frames, video_judge)(images, prompts, refs)
+
+
+def _judge_name(spec: RewardSpec) -> str:
+    return spec.rm or spec.remote or f"checker:{spec.checker}"
 
 
 def command_line(config_file: str | None, overrides: list[str]) -> str:
@@ -225,7 +238,7 @@ def grpo(cfg: GRPOConfig, command: str | None = None) -> Path:
     heldout = heldout_prompts(cfg.eval_categories, cfg.eval_prompts_per_category, cfg.eval_seed)
     excluded = {p for ps in heldout.values() for p in ps}
     prompts = condition_prompts or load_prompts(cfg.prompts, cfg.categories, cfg.n_prompts, cfg.seed, excluded)
-    takes_video = [judge_takes_video(j, s.task) for j, s in zip(judges, specs)]
+    takes_video = [False if s.checker else judge_takes_video(j, s.task) for j, s in zip(judges, specs)]
     if len(prompts) < cfg.prompts_per_step:
         raise ConfigError(f"prompts_per_step ({cfg.prompts_per_step}) exceeds the {len(prompts)} prompts")
 
@@ -234,7 +247,7 @@ def grpo(cfg: GRPOConfig, command: str | None = None) -> Path:
     ref_file = out / "references.pt"
     cached = torch.load(ref_file, weights_only=False) if ref_file.exists() else {}
     for j, (spec, judge) in enumerate(zip(specs, judges)):
-        if spec.mode != "score" or judge.layout != "pairwise":
+        if spec.checker or spec.mode != "score" or judge.layout != "pairwise":
             continue
         key = {"judge": spec.rm or spec.remote, "task": spec.task, "generator": str(cfg.generator), "prompts": prompts,
                "candidates": cfg.reference_candidates, "num_steps": cfg.eval_num_steps, "seed": cfg.seed}
@@ -263,25 +276,8 @@ def grpo(cfg: GRPOConfig, command: str | None = None) -> Path:
     monitor = HackingMonitor(cfg.monitor)
     checkpointer = Checkpointer(out, keep=max(cfg.keep_checkpoints, 1))
 
-    def trainable_state() -> dict[str, torch.Tensor]:
-        names = {id(p) for p in params}
-        return {k: v.detach().clone() for k, v in gen.named_parameters() if id(v) in names}
-
-    step, elapsed, wall_before = 0, 0.0, 0.0
-    latest = checkpointer.latest()
-    if latest is not None:
-        state = Checkpointer.load_state(latest)
-        if set(trainable_state()) ^ set(state["trainable"]):
-            raise ConfigError(f"output_dir: {latest} was written by a run with other trainable weights "
-                              f"(lora_r?); use a new output_dir")
-        gen.load_state_dict(state["trainable"], strict=False)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        monitor.load_state_dict(state["monitor"])
-        set_rng_state(state["rng"])
-        step, elapsed, wall_before = state["step"], state["elapsed"], state["wall_minutes"]
-        if main:
-            print(f"resuming from {latest} (next row: step {step})", file=sys.stderr)
+    step, elapsed, wall_before = restore_checkpoint(checkpointer, gen, params, optimizer=optimizer,
+                                                    scheduler=scheduler, monitor=monitor, main=main)
     log = MetricsLog(out, resume_step=step - 1, tensorboard=cfg.tensorboard) if main else None
 
     def wall_minutes() -> float:
@@ -320,8 +316,15 @@ def grpo(cfg: GRPOConfig, command: str | None = None) -> Path:
         signal = per_judge[0] if len(specs) == 1 else mix_rewards(per_judge, [s.weight for s in specs], idx)
         advantages, mask = group_advantages(signal, idx, std=cfg.advantage_std, clip=cfg.adv_clip)
         advantages = advantages.float()
-        # 3. updates: sample i belongs to update i mod updates_per_step
         update = step < cfg.max_steps and not stopping
+        # the ground truth of the weights that made this rollout (row 0: before any update)
+        evaluation = {}
+        if cfg.ground_truth == "shapeworld" and (step % cfg.eval_steps == 0 or not update):
+            evaluation = evaluate_heldout(gen, heldout, checker_metric, seeds=cfg.eval_seeds,
+                                          num_steps=cfg.eval_num_steps, guidance_scale=cfg.guidance_scale,
+                                          batch_size=cfg.eval_batch_size, rank=rank, world=world)
+            last_eval = evaluation
+        # 3. updates: sample i belongs to update i mod updates_per_step
         sums = torch.zeros(5, dtype=torch.float64)  # loss, kl, clipped, count, max |ratio - 1| of the 1st update
         grad_norms: list[float] = []
         first_update = min((i % cfg.updates_per_step for i in range(n) if mask[i]), default=-1)
@@ -371,12 +374,6 @@ def grpo(cfg: GRPOConfig, command: str | None = None) -> Path:
             dist.all_reduce(sums)
             dist.all_reduce(first_dev, op=dist.ReduceOp.MAX)
             sums[4] = first_dev
-        evaluation = {}
-        if cfg.ground_truth == "shapeworld" and (step % cfg.eval_steps == 0 or not update):
-            evaluation = evaluate_heldout(gen, heldout, checker_metric, seeds=cfg.eval_seeds,
-                                          num_steps=cfg.eval_num_steps, guidance_scale=cfg.guidance_scale,
-                                          batch_size=cfg.eval_batch_size, rank=rank, world=world)
-            last_eval = evaluation
         count = max(float(sums[3]), 1.0)
         extra = {"zero_std_fraction": float((~mask).float().mean()), "kl": float(sums[1]) / count,
                  "clip_fraction": float(sums[2]) / count, "loss": float(sums[0]) / count,
@@ -401,7 +398,7 @@ def grpo(cfg: GRPOConfig, command: str | None = None) -> Path:
         stopping = monitor.should_stop or (cfg.max_minutes is not None and elapsed >= cfg.max_minutes)
         if main and (step % cfg.save_steps == 0 or stopping):
             state = {"step": step, "elapsed": elapsed, "wall_minutes": wall_minutes(),
-                     "trainable": trainable_state(), "optimizer": optimizer.state_dict(),
+                     "trainable": trainable_state(gen, params), "optimizer": optimizer.state_dict(),
                      "scheduler": scheduler.state_dict(), "monitor": monitor.state_dict(), "rng": rng_state()}
             checkpointer.save(step, lambda p: None, state)
         barrier(world)
@@ -409,34 +406,11 @@ def grpo(cfg: GRPOConfig, command: str | None = None) -> Path:
     if not main:
         return out
 
-    final = save_final(gen, out, lora=cfg.lora_r > 0)
-    rows = log.rows
-    gt_rows = [r for r in rows if r.get("gt_pass_rate") is not None]
-    div_rows = [r for r in rows if r.get("eval_diversity") is not None]
-    summary = monitor.summary()
-    report = {
-        "command": command or command_line(None, []), "method": "grpo",
-        "rm": specs[0].rm or specs[0].remote, "judges": [s.rm or s.remote for s in specs],
-        "generator": str(cfg.generator),
-        "steps": max(r["step"] for r in rows if "reward_mean" in r),
-        "train_minutes": round(elapsed, 2), "wall_minutes": round(wall_minutes(), 2),
-        **summary,
-        "train_diversity_before": summary["diversity_before"],
-        "train_diversity_after": summary["diversity_after"],
-        "diversity_before": div_rows[0]["eval_diversity"] if div_rows else None,
-        "diversity_after": div_rows[-1]["eval_diversity"] if div_rows else None,
-        "gt_pass_rate_before": gt_rows[0]["gt_pass_rate"] if gt_rows else None,
-        "gt_pass_rate_after": gt_rows[-1]["gt_pass_rate"] if gt_rows else None,
-        "config": config_dict(cfg), "processes": world, "torch_threads": torch.get_num_threads(),
-    }
-    (out / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
-    if last_eval.get("eval_images") is not None:
-        save_grid(last_eval["eval_images"][::cfg.eval_seeds], final / "samples.png")
-    log.close()
-    log.plot(keys=("reward_mean", "reward_std_group", "gt_pass_rate", "kl", "clip_fraction"))
-    plot_monitor(rows, out / "monitor.png")
-    before, after = report["gt_pass_rate_before"], report["gt_pass_rate_after"]
-    if before is not None:
-        print(f"grpo: {report['steps']} steps in {elapsed:.1f} min; held-out pass rate {before:.1%} -> {after:.1%}; "
-              f"hacking flagged: {report.get('hacking_flagged')} -> {final}", file=sys.stderr)
+    finish_run("grpo", out, gen, lora=cfg.lora_r > 0, log=log, monitor=monitor, last_eval=last_eval,
+               eval_seeds=cfg.eval_seeds, plot_keys=("reward_mean", "reward_std_group", "gt_pass_rate", "kl",
+                                                     "clip_fraction"),
+               fields={"command": command or command_line(None, []), "rm": _judge_name(specs[0]),
+                       "judges": [_judge_name(s) for s in specs], "generator": str(cfg.generator),
+                       "train_minutes": round(elapsed, 2), "wall_minutes": round(wall_minutes(), 2),
+                       "config": config_dict(cfg), "processes": world})
     return out

@@ -23,7 +23,6 @@ renders (`pretrain_weight`) and the checker (`ground_truth`) come from rewarddan
 
 from __future__ import annotations
 
-import json
 import math
 import shlex
 import sys
@@ -38,14 +37,14 @@ import torch
 from ..config import ConfigError, config_dict, save_config
 from ..evaluate.references import generator_references
 from ..evaluate.scoring import shard_info
-from ..generators import save_grid
-from ..rl.monitor import HackingMonitor, MonitorConfig, plot_monitor
 from ..rl.frames import video_reward
+from ..rl.monitor import HackingMonitor, MonitorConfig
 from ..rl.refl import REWARD_LOSSES, refl_forward
-from ..train.engine import Checkpointer, MetricsLog, rng_state, set_rng_state
+from ..train.engine import Checkpointer, MetricsLog, rng_state
 from ..world.generation import COMPOSITIONAL, checker_metric, heldout_prompts, render_batch
 from .rl_common import (all_reduce_gradients, barrier, evaluate_heldout, gather, gather_objects, judge_takes_video,
-                        load_prompts, save_final, setup_generator)
+                        load_prompts, finish_run, restore_checkpoint, setup_generator,
+                        trainable_state)
 
 
 @dataclass
@@ -197,28 +196,8 @@ def refl(cfg: ReFLConfig, command: str | None = None) -> Path:
     monitor = HackingMonitor(cfg.monitor)
     checkpointer = Checkpointer(out, keep=max(cfg.keep_checkpoints, 1))
 
-    def trainable_state() -> dict[str, torch.Tensor]:
-        names = {id(p) for p in params}
-        return {k: v.detach().clone() for k, v in gen.named_parameters() if id(v) in names}
-
-    step, elapsed, wall_before = 0, 0.0, 0.0
-    latest = checkpointer.latest()
-    if latest is not None:
-        state = Checkpointer.load_state(latest)
-        missing = set(trainable_state()) ^ set(state["trainable"])
-        if missing:
-            raise ConfigError(f"output_dir: {latest} was written by a run with other trainable weights "
-                              f"(lora_r?); use a new output_dir")
-        gen.load_state_dict(state["trainable"], strict=False)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if ema is not None:
-            ema.load_state_dict(state["ema"])
-        monitor.load_state_dict(state["monitor"])
-        set_rng_state(state["rng"])
-        step, elapsed, wall_before = state["step"], state["elapsed"], state["wall_minutes"]
-        if main:
-            print(f"resuming from {latest} (next row: step {step})", file=sys.stderr)
+    step, elapsed, wall_before = restore_checkpoint(checkpointer, gen, params, optimizer=optimizer,
+                                                    scheduler=scheduler, monitor=monitor, ema=ema, main=main)
     log = MetricsLog(out, resume_step=step - 1, tensorboard=cfg.tensorboard) if main else None
 
     def evaluate() -> dict[str, Any]:
@@ -236,8 +215,9 @@ def refl(cfg: ReFLConfig, command: str | None = None) -> Path:
         return result
 
     def save_checkpoint() -> None:
-        state = {"step": step, "elapsed": elapsed, "wall_minutes": wall_minutes(), "trainable": trainable_state(),
-                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+        state = {"step": step, "elapsed": elapsed, "wall_minutes": wall_minutes(),
+                 "trainable": trainable_state(gen, params), "optimizer": optimizer.state_dict(),
+                 "scheduler": scheduler.state_dict(),
                  "ema": None if ema is None else ema.state_dict(), "monitor": monitor.state_dict(),
                  "rng": rng_state()}
         checkpointer.save(step, lambda p: None, state)
@@ -313,35 +293,10 @@ def refl(cfg: ReFLConfig, command: str | None = None) -> Path:
     if ema is not None:
         ema.copy_to(params)
 
-    final = save_final(gen, out, lora=cfg.lora_r > 0)
-    rows = log.rows
-    gt_rows = [r for r in rows if r.get("gt_pass_rate") is not None]
-    div_rows = [r for r in rows if r.get("eval_diversity") is not None]
-    summary = monitor.summary()
-    report = {
-        "command": command or command_line(None, []),
-        "rm": str(cfg.rm), "layout": rm.layout, "generator": str(cfg.generator),
-        "steps": max(r["step"] for r in rows if "reward_mean" in r),
-        "train_minutes": round(elapsed, 2), "wall_minutes": round(wall_minutes(), 2),
-        **summary,
-        # diversity of the held-out samples (final images, `eval_seeds` per prompt); the monitor's own,
-        # on each step's predicted clean images, is kept as train_diversity_*
-        "train_diversity_before": summary["diversity_before"],
-        "train_diversity_after": summary["diversity_after"],
-        "diversity_before": div_rows[0]["eval_diversity"] if div_rows else None,
-        "diversity_after": div_rows[-1]["eval_diversity"] if div_rows else None,
-        "gt_pass_rate_before": gt_rows[0]["gt_pass_rate"] if gt_rows else None,
-        "gt_pass_rate_after": gt_rows[-1]["gt_pass_rate"] if gt_rows else None,
-        "config": config_dict(cfg), "processes": world, "torch_threads": torch.get_num_threads(),
-    }
-    (out / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
-    if last_eval.get("eval_images") is not None:
-        save_grid(last_eval["eval_images"][::cfg.eval_seeds], final / "samples.png")
-    log.close()
-    log.plot(keys=("reward_mean", "reward_std_window", "gt_pass_rate", "eval_diversity", "loss"))
-    plot_monitor(rows, out / "monitor.png")
-    before, after = report["gt_pass_rate_before"], report["gt_pass_rate_after"]
-    if before is not None:
-        print(f"refl: {report['steps']} steps in {elapsed:.1f} min; held-out pass rate {before:.1%} -> {after:.1%}; "
-              f"hacking flagged: {report.get('hacking_flagged')} -> {final}", file=sys.stderr)
+    finish_run("refl", out, gen, lora=cfg.lora_r > 0, log=log, monitor=monitor, last_eval=last_eval,
+               eval_seeds=cfg.eval_seeds, plot_keys=("reward_mean", "reward_std_window", "gt_pass_rate",
+                                                     "eval_diversity", "loss"),
+               fields={"command": command or command_line(None, []), "rm": str(cfg.rm), "layout": rm.layout,
+                       "generator": str(cfg.generator), "train_minutes": round(elapsed, 2),
+                       "wall_minutes": round(wall_minutes(), 2), "config": config_dict(cfg), "processes": world})
     return out

@@ -8,6 +8,8 @@ checker), never in rl/.
 
 from __future__ import annotations
 
+import json
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -151,3 +153,75 @@ def save_final(gen: Generator, out: Path, lora: bool) -> Path:
             gen.save_lora(p / "lora")
 
     return atomic_dir(out / "final", write)
+
+
+def finish_run(method: str, out: Path, gen: Generator, *, lora: bool, log: Any, monitor: Any, last_eval: dict[str, Any],
+               eval_seeds: int, fields: dict[str, Any], plot_keys: tuple[str, ...]) -> dict[str, Any]:
+    """What a training RL run leaves (rank 0): `final/` (and `final/lora/`), report.json (the monitor's
+    summary, the ground truth and held-out diversity before/after, plus `fields`), final/samples.png,
+    curves.png, monitor.png, and a one-line summary on stderr. Returns the report."""
+    from ..generators import save_grid
+    from ..rl.monitor import plot_monitor
+
+    final = save_final(gen, out, lora=lora)
+    rows = log.rows
+    gt_rows = [r for r in rows if r.get("gt_pass_rate") is not None]
+    div_rows = [r for r in rows if r.get("eval_diversity") is not None]
+    summary = monitor.summary()
+    report = {
+        "method": method, **fields,
+        "steps": max(r["step"] for r in rows if "reward_mean" in r),
+        **summary,
+        # diversity of the held-out samples (final images, `eval_seeds` per prompt); the monitor's own,
+        # on each step's training samples, is kept as train_diversity_*
+        "train_diversity_before": summary["diversity_before"],
+        "train_diversity_after": summary["diversity_after"],
+        "diversity_before": div_rows[0]["eval_diversity"] if div_rows else None,
+        "diversity_after": div_rows[-1]["eval_diversity"] if div_rows else None,
+        "gt_pass_rate_before": gt_rows[0]["gt_pass_rate"] if gt_rows else None,
+        "gt_pass_rate_after": gt_rows[-1]["gt_pass_rate"] if gt_rows else None,
+        "torch_threads": torch.get_num_threads(),
+    }
+    (out / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    if last_eval.get("eval_images") is not None:
+        save_grid(last_eval["eval_images"][::eval_seeds], final / "samples.png")
+    log.close()
+    log.plot(keys=plot_keys)
+    plot_monitor(rows, out / "monitor.png")
+    before, after = report["gt_pass_rate_before"], report["gt_pass_rate_after"]
+    if before is not None:
+        print(f"{method}: {report['steps']} steps in {fields.get('train_minutes', 0):.1f} min; held-out pass rate "
+              f"{before:.1%} -> {after:.1%}; hacking flagged: {report.get('hacking_flagged')} -> {final}",
+              file=sys.stderr)
+    return report
+
+
+def restore_checkpoint(checkpointer: Any, gen: Generator, params: Sequence[torch.nn.Parameter], *, optimizer: Any,
+                       scheduler: Any, monitor: Any, ema: Any = None, main: bool = True) -> tuple[int, float, float]:
+    """Load the latest checkpoint of a run into its live objects; (next step, train minutes, wall minutes),
+    zeros when there is none."""
+    from ..train.engine import Checkpointer, set_rng_state
+
+    latest = checkpointer.latest()
+    if latest is None:
+        return 0, 0.0, 0.0
+    state = Checkpointer.load_state(latest)
+    if set(trainable_state(gen, params)) ^ set(state["trainable"]):
+        raise ConfigError(f"output_dir: {latest} was written by a run with other trainable weights "
+                          f"(lora_r?); use a new output_dir")
+    gen.load_state_dict(state["trainable"], strict=False)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    if ema is not None:
+        ema.load_state_dict(state["ema"])
+    monitor.load_state_dict(state["monitor"])
+    set_rng_state(state["rng"])
+    if main:
+        print(f"resuming from {latest} (next row: step {state['step']})", file=sys.stderr)
+    return state["step"], state["elapsed"], state["wall_minutes"]
+
+
+def trainable_state(gen: Generator, params: Sequence[torch.nn.Parameter]) -> dict[str, torch.Tensor]:
+    """Copies of the trainable weights, by name (what a checkpoint keeps)."""
+    ids = {id(p) for p in params}
+    return {k: v.detach().clone() for k, v in gen.named_parameters() if id(v) in ids}

@@ -7,8 +7,11 @@
 Every arm starts from the same committed ShapeWorld generator, with the same prompts, steps and
 held-out evaluation (the checker's pass rate on fixed compositional prompts x seeds):
 - `refl-<judge>`: `rewarddance rl refl` against each judge (the monitor on);
+- `grpo-<judge>`: `rewarddance rl grpo` against the judges in `grpo_judges` (the best and, in the
+  full study, the weak one: is GRPO hacked where ReFL is?) and, in the full study, against the
+  checker itself (`grpo-checker`, the rule reward: what the algorithm does with a correct reward);
 - `best-of-n` and `search`: `rewarddance rl search` with the best judge (Best-of-N at the search's
-  judge calls is measured in the same run).
+  judge calls is measured in the same run; its files are copied into each arm's folder).
 The judges, unless given with `--rm NAME=DIR`, are trained by the study through `rewarddance
 train` on ShapeWorld preference data (`rewarddance data world`) and measured with `rewarddance
 eval`; they are cached in the user's cache (`$REWARDDANCE_CACHE/study-rl/`, keyed by their
@@ -27,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -51,6 +55,9 @@ class StudySettings:
     eval_prompts_per_category: int = 16
     eval_seeds: int = 4
     eval_steps: int = 25
+    grpo_steps: int = 100
+    grpo_overrides: list[str] = field(default_factory=lambda: ["max_minutes=30", "lr=2e-3"])
+    grpo_judges: list[str] = field(default_factory=lambda: ["generative", "generative-weak", "checker"])
     search_n: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16])
     search_paths: list[int] = field(default_factory=lambda: [4, 8])
     generator: str = "shapeworld-flow"  # every arm's starting generator
@@ -58,12 +65,16 @@ class StudySettings:
 
 
 FULL = StudySettings()
-# 2 cores, empty cache (2026-11-22): 15.4 min with judge_steps=150, refl_steps=30 (judges 4.5 min, each
-# ReFL arm ~2.7 min, search 1.7 min); trimmed to stay under 15. lr=1e-3: at the recipe's 1e-4 a fresh
-# LoRA barely moves in 30 steps (held-out samples unchanged to 3 decimals in that run).
-QUICK = StudySettings(data_n=1000, data_n_test=200, judge_steps=120, refl_steps=25,
-                      refl_overrides=["n_prompts=32", "lr=1e-3"], eval_prompts_per_category=8, eval_seeds=2,
-                      eval_steps=12, search_n=[1, 2, 4], search_paths=[2])
+# 2 cores, empty cache (2026-11-22): 17.2 min for judges (4.5) + 3 ReFL arms of 25 steps (~3.0 each, 4
+# evaluations) + search (1.7). Now: 20 ReFL steps with 2 evaluations and Best-of-2 references, and one
+# GRPO arm (8 steps of 2 prompts x 4 samples). lr=1e-3: at the recipe's 1e-4 a fresh LoRA barely moves in
+# 30 steps (held-out samples unchanged to 3 decimals in that run).
+QUICK = StudySettings(data_n=1000, data_n_test=200, judge_steps=120, refl_steps=20,
+                      refl_overrides=["n_prompts=32", "lr=1e-3", "reference_candidates=2"],
+                      eval_prompts_per_category=8, eval_seeds=2, eval_steps=20, search_n=[1, 2, 4], search_paths=[2],
+                      grpo_steps=8, grpo_judges=["generative"],
+                      grpo_overrides=["n_prompts=32", "prompts_per_step=2", "group_size=4", "lr=2e-3",
+                                      "reference_candidates=2"])
 
 
 def _run(cmd: list[str], log: Path) -> None:
@@ -132,8 +143,24 @@ def refl_arm(name: str, judge: Path, s: StudySettings, out: Path, log: Path) -> 
               f"generator={s.generator}", f"num_steps={s.num_steps}",
               f"eval_steps={s.eval_steps}", f"eval_prompts_per_category={s.eval_prompts_per_category}",
               f"eval_seeds={s.eval_seeds}", "progress=false", *s.refl_overrides], log)
-    r = json.loads((arm / "report.json").read_text())
-    return {"name": name, "rm": str(judge), "method": "refl", "gt_pass_rate_before": r["gt_pass_rate_before"],
+    return _arm_row(name, str(judge), "refl", json.loads((arm / "report.json").read_text()))
+
+
+def grpo_arm(name: str, judge: Path | str, s: StudySettings, out: Path, log: Path) -> dict:
+    """A GRPO arm against a judge directory, or against the ShapeWorld checker (judge "checker")."""
+    arm = out / name
+    reward = "reward.checker=shapeworld" if str(judge) == "checker" else f"reward.rm={judge}"
+    if not (arm / "report.json").exists():
+        _run([*_cli(), "rl", "grpo", reward, f"output_dir={arm}", f"max_steps={s.grpo_steps}",
+              f"generator={s.generator}", f"eval_num_steps={s.num_steps}", f"eval_steps={s.eval_steps}",
+              f"eval_prompts_per_category={s.eval_prompts_per_category}", f"eval_seeds={s.eval_seeds}",
+              "progress=false", *s.grpo_overrides], log)
+    return _arm_row(name, str(judge), "grpo", json.loads((arm / "report.json").read_text()))
+
+
+def _arm_row(name: str, judge: str, method: str, r: dict) -> dict:
+    """The contract's row of a training arm (ReFL or GRPO) from its report.json."""
+    return {"name": name, "rm": judge, "method": method, "gt_pass_rate_before": r["gt_pass_rate_before"],
             "gt_pass_rate_after": r["gt_pass_rate_after"], "reward_std_window_last": r["reward_std_window_last"],
             "diversity_before": r["diversity_before"], "diversity_after": r["diversity_after"],
             "hacking_flagged": r["hacking_flagged"], "alarms": r.get("alarms", {}), "steps": r["steps"],
@@ -149,18 +176,23 @@ def search_arms(judge: Path, s: StudySettings, out: Path, log: Path) -> list[dic
               f"paths={s.search_paths}", f"eval_prompts_per_category={s.eval_prompts_per_category}",
               "progress=false"], log)
     r = json.loads((arm / "results.json").read_text())
+    names = ["best-of-n"] + [f"search-paths{c['paths']}" for c in r["search_vs_best_of_n"]]
+    for name in names:  # one run measures them all: each arm's folder holds its files
+        (out / name).mkdir(exist_ok=True)
+        for f in arm.iterdir():
+            if f.is_file():
+                shutil.copy2(f, out / name / f.name)
     before = r["random_sample_gt_pass_rate"]
     best_n = max(r["best_of_n"], key=lambda p: p["n"])
     rows = [{"name": "best-of-n", "rm": str(judge), "method": "best-of-n", "gt_pass_rate_before": before,
              "gt_pass_rate_after": best_n["gt_pass_rate"], "reward_std_window_last": None, "diversity_before": None,
-             "diversity_after": None, "hacking_flagged": False, "judge_calls": best_n["judge_calls"],
-             "files": "search/"}]
+             "diversity_after": None, "hacking_flagged": False, "judge_calls": best_n["judge_calls"]}]
     for c in r["search_vs_best_of_n"]:
         rows.append({"name": f"search-paths{c['paths']}", "rm": str(judge), "method": "search",
                      "gt_pass_rate_before": before, "gt_pass_rate_after": c["search_gt_pass_rate"],
                      "reward_std_window_last": None, "diversity_before": None, "diversity_after": None,
                      "hacking_flagged": False, "judge_calls": c["judge_calls"],
-                     "best_of_n_same_calls": c["best_of_n_gt_pass_rate"], "files": "search/"})
+                     "best_of_n_same_calls": c["best_of_n_gt_pass_rate"]})
     return rows
 
 
@@ -179,13 +211,17 @@ def study_rl(out: str | Path, *, quick: bool = False, rms: dict[str, str] | None
     arms = [refl_arm(f"refl-{name}", path, s, out, log) | {"judge_eval": evals.get(name)}
             for name, path in judges.items()]
     best = "generative" if "generative" in judges else next(iter(judges))
+    for name in s.grpo_judges:
+        if name == "checker" or name in judges:
+            target = "checker" if name == "checker" else judges[name]
+            arms.append(grpo_arm(f"grpo-{name}", target, s, out, log) | {"judge_eval": evals.get(name)})
     arms += search_arms(judges[best], s, out, log)
     result = {"arms": arms, "quick": quick, "settings": asdict(s), "judges": {k: str(v) for k, v in judges.items()},
               "judge_eval": evals, "minutes_this_run": round((time.perf_counter() - t0) / 60, 2),
               "command": "rewarddance study rl" + (" --quick" if quick else "") + f" --out {out}"}
     (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / "results.md").write_text(markdown(result) + "\n")
-    plot_curves(out, [a["name"] for a in arms if a["method"] == "refl"], out / "curves.png")
+    plot_curves(out, [a["name"] for a in arms if a["method"] in ("refl", "grpo")], out / "curves.png")
     print(markdown(result), file=sys.stderr)
     return result
 
@@ -215,7 +251,7 @@ def markdown(result: dict) -> str:
 
 
 def plot_curves(out: Path, arms: list[str], path: Path) -> Path | None:
-    """The ReFL arms side by side: reward mean, reward_std_window, diversity, gt_pass_rate vs step."""
+    """The training arms (ReFL, GRPO) side by side: reward mean, reward_std_window, diversity, gt_pass_rate."""
     import matplotlib
 
     matplotlib.use("Agg")
