@@ -227,7 +227,8 @@ def test_grpo_data_parallel_two_processes_matches_one(uninterrupted, gen_dir, ju
 
 def test_grpo_with_a_remote_reward_served_on_loopback(gen_dir, judges, tmp_path):
     """`reward: {remote: URL}`: the judge behind `rewarddance serve` (a real server on a loopback port);
-    the first row's rewards equal the local judge's scores of the same rollout sent as 8-bit PNGs."""
+    the first row's rewards equal the local judge's scores of the same rollout sent as 8-bit PNGs.
+    `rl best-of-n remote=URL` runs through the same server and writes the local judge's table."""
     from rewarddance.serve import ServeConfig, create_app
 
     from .test_serve import ThreadServer, metric
@@ -241,9 +242,21 @@ def test_grpo_with_a_remote_reward_served_on_loopback(gen_dir, judges, tmp_path)
         r = subprocess.run([sys.executable, "-m", "rewarddance.cli", "rl", "grpo", *overrides,
                             f"reward.remote={server.url}"], capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, r.stderr[-3000:]
-        assert metric(server.url, "rewarddance_requests_total", endpoint="/v1/score", status="200") >= 1
+        served = metric(server.url, "rewarddance_requests_total", endpoint="/v1/score", status="200")
+        assert served >= 1
+        # Best-of-N and its references through the same server (`rl best-of-n remote=URL`)
+        from rewarddance.recipes.search import SearchConfig, run_search
+
+        kw = dict(generator=str(gen_dir), n=[1, 3], num_steps=3, eval_prompts_per_category=1, progress=False)
+        remote = run_search(SearchConfig(remote=server.url, output_dir=str(tmp_path / "bon-remote"), **kw), "best-of-n")
+        assert metric(server.url, "rewarddance_requests_total", endpoint="/v1/score", status="200") > served
     finally:
         server.close()
+    local = run_search(SearchConfig(rm=str(judges["pointwise"]), output_dir=str(tmp_path / "bon-local"), **kw),
+                       "best-of-n")
+    assert remote["layout"] == "pointwise" and len(remote["best_of_n"]) == len(local["best_of_n"]) == 2
+    for a, b in zip(remote["best_of_n"], local["best_of_n"]):  # the judge saw 8-bit PNGs over HTTP
+        assert abs(a.pop("judge_score_mean") - b.pop("judge_score_mean")) < 1e-4 and a == b
     from rewarddance.config import load_config
 
     cfg = load_config(GRPOConfig, overrides=overrides)
@@ -261,3 +274,39 @@ def test_grpo_with_a_remote_reward_served_on_loopback(gen_dir, judges, tmp_path)
     row = metrics_rows(out)[0]
     assert abs(row["reward_mean"] - float(np.mean(local))) < 1e-5
     assert float(np.std(local)) > 1e-3
+
+
+def _reduce_worker(rank: int, port: int, out) -> None:
+    import torch.distributed as dist
+
+    from rewarddance.recipes.rl_common import all_reduce_gradients
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2,
+                            timeout=__import__("datetime").timedelta(seconds=30))
+    params = [torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(2))]
+    if rank == 0:  # rank 1 had no unmasked sample: it never called backward
+        params[0].grad = torch.full((3,), 4.0)
+    all_reduce_gradients(params, 2, average=False)
+    out.put((rank, [p.grad.tolist() for p in params]))
+    dist.destroy_process_group()
+
+
+def test_gradient_reduction_stays_in_step_when_a_rank_has_no_gradient():
+    """A rank whose groups were all masked has no gradients; it must still join every all-reduce (else the
+    ranks' collectives fall out of step and the run hangs)."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_reduce_worker, args=(r, port, queue)) for r in range(2)]
+    for p in procs:
+        p.start()
+    results = dict(queue.get(timeout=60) for _ in procs)
+    for p in procs:
+        p.join(30)
+    assert results[0] == results[1] == [[4.0, 4.0, 4.0], [0.0, 0.0]]

@@ -84,10 +84,10 @@ def test_exported_lora_loads_into_a_fresh_pipeline(pipelines, condition_image, k
     gen = _load(pipelines, kind, condition_image)
     gen.add_lora(r=4)
     g = torch.Generator().manual_seed(1)
-    with torch.no_grad():  # LoRA's B starts at zero: give the adapters weights that change the output
+    with torch.no_grad():  # LoRA's B starts at zero: give the adapters (seeded) weights that change the output
         for name, p in gen.denoiser.named_parameters():
-            if "lora_B" in name:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+            if "lora_" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
         adapted = gen.sample(PROMPTS, seeds=[0, 1], num_steps=3, guidance_scale=2.0).images
         latents = gen.initial_noise([0, 1], 3)
         if kind == "sd":
@@ -181,3 +181,35 @@ def test_rl_recipes_run_on_pipeline_directories(pipelines, judges, condition_ima
             assert all(set(GRPO_ROW_KEYS) <= set(r) for r in rows)
         assert (out / "final" / "lora" / "pytorch_lora_weights.safetensors").exists()
         assert load_generator(out / "final").options == load_generator(overrides[0].split("=", 1)[1]).options
+
+
+def test_wan_keeps_its_shipped_scheduler_and_steps_over_its_flow_sigmas(pipelines, tmp_path):
+    """Wan ships UniPC with a flow shift: the adapter steps with Euler over the same shift's sigmas, and the
+    pipeline it saves still has UniPC."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
+
+    gen = load_generator(pipelines["wan"])
+    gen.pipe.scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
+                                                 flow_shift=5.0)
+    gen = type(gen)(gen.pipe, **gen.options)
+    expected = FlowMatchEulerDiscreteScheduler(shift=5.0)
+    expected.set_timesteps(4)
+    torch.testing.assert_close(gen.sigmas(4), expected.sigmas.float())
+    gen.save_pretrained(tmp_path / "wan")
+    saved = json.loads((tmp_path / "wan" / "scheduler" / "scheduler_config.json").read_text())
+    assert saved["_class_name"] == "UniPCMultistepScheduler" and saved["flow_shift"] == 5.0
+
+
+def test_video_reward_subsamples_candidates_and_references_alike():
+    seen = {}
+
+    def judge(videos, prompts, references):
+        seen["videos"], seen["references"] = videos, references
+        return videos.mean(dim=(1, 2, 3, 4))
+
+    videos = torch.arange(2 * 9, dtype=torch.float32).view(2, 9, 1, 1, 1).expand(2, 9, 3, 2, 2)
+    video_reward(judge, frames=3, video_judge=True)(videos, ["a", "b"], list(videos))
+    assert seen["videos"].shape[1] == 3 and all(r.shape[0] == 3 for r in seen["references"])
+    torch.testing.assert_close(seen["references"][1], seen["videos"][1])
+    per_frame = video_reward(lambda x, p, r: x.mean(dim=(1, 2, 3)), frames=3, video_judge=False)(videos, ["a", "b"])
+    torch.testing.assert_close(per_frame, videos[:, [0, 4, 8]].mean(dim=(1, 2, 3, 4)))

@@ -8,14 +8,15 @@ those, so the pipeline is never forked. States are the pipeline's latents; `to_i
 them with the VAE (differentiably: ReFL backpropagates through it).
 
 - `SD3Generator`: `StableDiffusion3Pipeline` (an `SD3Transformer2DModel`, flow matching,
-  `FlowMatchEulerDiscreteScheduler`); runs without its T5 encoder (`text_encoder_3=None`).
+  `FlowMatchEulerDiscreteScheduler`); loaded without its T5 encoder unless `use_t5=True`.
 - `StableDiffusionGenerator`: the `StableDiffusionPipeline` family (epsilon- or v-prediction
   UNet, DDPM noise schedule) seen as flow matching: with alpha_t, sigma_t of the schedule,
   s = sigma_t / (alpha_t + sigma_t) and state x/(alpha_t + sigma_t) follow exactly the flow
   interpolation (1 - s) x0 + s eps, and an Euler step in s is a DDIM step. The last step lands
   on the predicted clean latent (DDIM with `set_alpha_to_one=True`).
-- `WanGenerator`: `WanPipeline`, text-to-video (a `WanTransformer3DModel`, flow matching);
-  states are B×C×F×H×W latents, `to_images` gives B×F×3×H×W videos in [0, 1].
+- `WanGenerator`: `WanPipeline`, text-to-video (a `WanTransformer3DModel`, flow matching; Euler steps
+  over the flow sigmas of the shipped scheduler's shift); states are B×C×F×H×W latents, `to_images`
+  gives B×F×3×H×W videos in [0, 1]. Wan 2.1-style (one transformer); Wan 2.2's two experts are refused.
 - `WanImageToVideoGenerator`: `WanImageToVideoPipeline`; each prompt comes with its first
   frame (`set_condition_images`), encoded once by the pipeline's own `prepare_latents` and
   image encoder and concatenated to the state at every step, as the pipeline does.
@@ -65,6 +66,11 @@ def _load_pipeline(path: Path, class_name: str, **components: Any) -> Any:
     return getattr(diffusers, class_name).from_pretrained(path, torch_dtype=torch.float32, **{**empty, **components})
 
 
+def _saved_options(path: Path) -> dict[str, Any]:
+    """The options `save_pretrained` wrote beside a pipeline (none for a pipeline from elsewhere)."""
+    return json.loads((path / OPTIONS_FILE).read_text()) if (path / OPTIONS_FILE).exists() else {}
+
+
 def _to_pil(image: Tensor) -> Any:
     from PIL import Image
 
@@ -95,6 +101,8 @@ class DiffusersGenerator(Generator):
             module.requires_grad_(name == self.denoiser_name)  # full fine-tuning trains the denoiser
         self.options = {"height": height, "width": width, "num_frames": num_frames,
                         "max_sequence_length": max_sequence_length}
+        if getattr(pipe, "text_encoder_3", None) is not None:  # SD3 with T5: saved so that a reload matches
+            self.options["use_t5"] = True
         self.options = {k: v for k, v in self.options.items() if v is not None}
 
     @property
@@ -106,9 +114,9 @@ class DiffusersGenerator(Generator):
     def from_pretrained(cls, path: str | os.PathLike, device: torch.device | str = "cpu",
                         **options: Any) -> DiffusersGenerator:
         """Load a pipeline directory (`options` override those saved beside it)."""
-        path = Path(path)
-        saved = json.loads((path / OPTIONS_FILE).read_text()) if (path / OPTIONS_FILE).exists() else {}
-        pipe = _load_pipeline(path, cls.pipeline_class)
+        saved = _saved_options(Path(path))
+        saved.pop("use_t5", None)
+        pipe = _load_pipeline(Path(path), cls.pipeline_class)
         return cls(pipe, **{**saved, **options}).to(device).eval()
 
     def save_pretrained(self, path: str | os.PathLike) -> None:
@@ -155,9 +163,21 @@ class DiffusersGenerator(Generator):
 
 # ------------------------------------------------------------------ SD3 (flow-matching transformer)
 class SD3Generator(DiffusersGenerator):
-    """`StableDiffusion3Pipeline` as a Generator (see the module docstring)."""
+    """`StableDiffusion3Pipeline` as a Generator (see the module docstring). Loaded without its T5 encoder
+    unless `use_t5=True` (T5-XXL is ~19 GB in float32; diffusers supports SD3 without it): a LoRA trained
+    either way should be used with the pipeline loaded the same way."""
 
     pipeline_class = "StableDiffusion3Pipeline"
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, device: torch.device | str = "cpu", use_t5: bool | None = None,
+                        **options: Any) -> SD3Generator:
+        """Load an SD3 pipeline directory; `use_t5` defaults to what the directory's options say (False)."""
+        saved = _saved_options(Path(path))
+        use_t5 = saved.pop("use_t5", False) if use_t5 is None else use_t5
+        components = {} if use_t5 else {"text_encoder_3": None, "tokenizer_3": None}
+        pipe = _load_pipeline(Path(path), cls.pipeline_class, **components)
+        return cls(pipe, **{**saved, **options}).to(device).eval()
 
     def __init__(self, pipe: Any, **options: Any) -> None:
         super().__init__(pipe, **options)
@@ -229,7 +249,7 @@ class StableDiffusionGenerator(DiffusersGenerator):
         """(timestep, alpha, sigma_vp) of flow noise level `sigma` (per sample): the timestep is found in
         the schedule's table (fractional between entries, alpha_cumprod interpolated linearly)."""
         table = self.s_table
-        sigma = sigma.double().clamp(float(table[0]), float(table[-1]))
+        sigma = sigma.to(table.device, torch.float64).clamp(float(table[0]), float(table[-1]))
         hi = torch.searchsorted(table, sigma).clamp(1, len(table) - 1)
         lo = hi - 1
         frac = (sigma - table[lo]) / (table[hi] - table[lo])
@@ -240,7 +260,8 @@ class StableDiffusionGenerator(DiffusersGenerator):
     def sigmas(self, num_steps: int) -> Tensor:
         """DDIM's timesteps for `num_steps` as flow noise levels, ending at 0 (the predicted clean latent)."""
         self.ddim.set_timesteps(num_steps)
-        return torch.cat([self._s(self.alphas_cumprod[self.ddim.timesteps.long()]), torch.zeros(1)]).float()
+        levels = self._s(self.alphas_cumprod[self.ddim.timesteps.long().to(self.alphas_cumprod.device)])
+        return torch.cat([levels.cpu(), torch.zeros(1, dtype=levels.dtype)]).float()
 
     def initial_noise(self, seeds: Sequence[int], num_steps: int | None = None) -> Tensor:
         """The pipeline's starting latent (standard normal noise at the first timestep) in flow coordinates:
@@ -292,9 +313,16 @@ class WanGenerator(DiffusersGenerator):
         super().__init__(pipe, **options)
         from diffusers import FlowMatchEulerDiscreteScheduler
 
-        if not isinstance(pipe.scheduler, FlowMatchEulerDiscreteScheduler):  # Wan ships UniPC with a flow shift
-            shift = pipe.scheduler.config.get("flow_shift", 1.0) or 1.0
-            pipe.scheduler = FlowMatchEulerDiscreteScheduler(shift=shift)
+        if getattr(pipe, "transformer_2", None) is not None or pipe.config.get("boundary_ratio") is not None:
+            raise ValueError("WanGenerator: two-expert Wan 2.2 pipelines (transformer_2, boundary_ratio) are not "
+                             "supported: the adapter runs one transformer at every step")
+        if pipe.config.get("expand_timesteps"):
+            raise ValueError("WanGenerator: expand_timesteps pipelines (Wan 2.2 TI2V) are not supported")
+        # Euler steps over the flow sigmas; Wan ships UniPC with a flow shift, which stays the pipeline's own
+        # scheduler (and is what save_pretrained writes)
+        self.flow_scheduler = (pipe.scheduler if isinstance(pipe.scheduler, FlowMatchEulerDiscreteScheduler) else
+                               FlowMatchEulerDiscreteScheduler(shift=pipe.scheduler.config.get("flow_shift", 1.0)
+                                                               or 1.0))
         h = self.options.setdefault("height", 480)
         w = self.options.setdefault("width", 832)
         f = self.options.setdefault("num_frames", 81)
@@ -302,6 +330,10 @@ class WanGenerator(DiffusersGenerator):
         if (f - 1) % temporal:
             raise ValueError(f"num_frames: must be 1 + a multiple of {temporal} for this VAE, got {f}")
         self.image_shape = (pipe.vae.config.z_dim, (f - 1) // temporal + 1, h // spatial, w // spatial)
+
+    def sigmas(self, num_steps: int) -> Tensor:
+        self.flow_scheduler.set_timesteps(num_steps)
+        return self.flow_scheduler.sigmas.clone().float()
 
     def encode_prompts(self, prompts: Sequence[str]) -> Cond:
         embeds, _ = self.pipe.encode_prompt(list(prompts), do_classifier_free_guidance=False, device=self.device,
@@ -314,7 +346,7 @@ class WanGenerator(DiffusersGenerator):
     def velocity(self, x: Tensor, sigma: Tensor | float, cond: Cond, guidance_scale: float = 1.0,
                  uncond: Cond | None = None) -> Tensor:
         t = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).expand(x.shape[0])
-        t = t * self.pipe.scheduler.config.num_train_timesteps
+        t = t * self.flow_scheduler.config.num_train_timesteps
         cond = _expand(cond, x.shape[0])
         v = self._denoise(x, t, cond)
         if guidance_scale == 1.0:

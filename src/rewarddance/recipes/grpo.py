@@ -51,9 +51,9 @@ from ..rl.grpo import (ADVANTAGE_STD, group_advantages, group_win_rates, grpo_lo
 from ..rl.monitor import HackingMonitor, MonitorConfig
 from ..train.engine import Checkpointer, MetricsLog, rng_state
 from ..world.generation import COMPOSITIONAL, checker_metric, heldout_prompts
-from .rl_common import (all_reduce_gradients, barrier, evaluate_heldout, gather, gather_objects, judge_takes_video,
-                        load_prompts, finish_run, restore_checkpoint, setup_generator,
-                        trainable_state)
+from .rl_common import (all_reduce, all_reduce_gradients, barrier, evaluate_heldout, finish_run, gather,
+                        gather_objects, judge_takes_video, load_judge, load_prompts, resolve_device,
+                        restore_checkpoint, setup_generator, trainable_state)
 
 #: the keys every GRPO metrics row adds to the monitor's (the issue's contract)
 GRPO_ROW_KEYS = ("reward_std_group", "zero_std_fraction", "kl", "clip_fraction")
@@ -87,6 +87,7 @@ class GRPOConfig:
     generator_options: dict[str, Any] = field(default_factory=dict)  # pipelines: height, width, num_frames, ...
     conditions: str | None = None  # image-to-video pipelines: JSONL {"prompt", "image"} (first frames)
     reward_frames: int = 4  # video generators: frames the judge sees (an image judge averages over them)
+    device: str | None = None  # "cuda", "cuda:1", "cpu"; default: this process's GPU (LOCAL_RANK) if any, else CPU
     output_dir: str = "runs/grpo"
     prompts: str = "shapeworld"  # or a text file, one prompt per line
     categories: list[str] = field(default_factory=lambda: list(COMPOSITIONAL))
@@ -112,7 +113,7 @@ class GRPOConfig:
     weight_decay: float = 0.0
     warmup_steps: int = 0
     max_grad_norm: float = 1.0  # 0: no clipping (the norm is still logged)
-    lora_r: int = 8  # 0: full fine-tuning of the denoiser and text encoder
+    lora_r: int = 8  # 0: full fine-tuning (ShapeWorld: the denoiser and text encoder; pipelines: the denoiser)
     lora_alpha: int | None = None
     # evaluation: ODE sampling on fixed held-out prompts x seeds
     ground_truth: Literal["shapeworld", "none"] = "shapeworld"
@@ -171,22 +172,6 @@ def step_plan(cfg: GRPOConfig, step: int, n_prompts: int) -> tuple[list[int], li
     return idx, seeds, steps
 
 
-def load_judge(spec: RewardSpec) -> Any:
-    """A local frozen `RewardModel`, or a `RewardClient` for a server: both have score / win_matrix / layout;
-    None for a checker reward."""
-    if spec.checker:
-        return None
-    if spec.remote:
-        from ..serve.client import RewardClient
-
-        return RewardClient(spec.remote, timeout=spec.timeout)
-    import rewarddance as rd
-
-    rm = rd.load(spec.rm, dtype=getattr(torch, spec.dtype))
-    rm.judge.requires_grad_(False).eval()
-    return rm
-
-
 def judge_rewards(judge: Any, spec: RewardSpec, images: torch.Tensor, prompts: list[str], groups: list[int],
                   references: torch.Tensor | None, *, frames: int, video_judge: bool) -> torch.Tensor:
     """One judge's reward per sample (float64). Videos: the judge sees `frames` frames (an image judge
@@ -232,9 +217,11 @@ def grpo(cfg: GRPOConfig, command: str | None = None) -> Path:
     torch.manual_seed(cfg.seed)
 
     specs = [cfg.reward, *cfg.extra_rewards]
-    judges = [load_judge(s) for s in specs]
+    device = resolve_device(cfg.device)
+    judges = [None if s.checker else load_judge(s.rm, s.remote, dtype=s.dtype, timeout=s.timeout, device=device)
+              for s in specs]
     gen, condition_prompts = setup_generator(cfg.generator, cfg.generator_options, ground_truth=cfg.ground_truth,
-                                             conditions=cfg.conditions)
+                                             conditions=cfg.conditions, device=device)
     heldout = heldout_prompts(cfg.eval_categories, cfg.eval_prompts_per_category, cfg.eval_seed)
     excluded = {p for ps in heldout.values() for p in ps}
     prompts = condition_prompts or load_prompts(cfg.prompts, cfg.categories, cfg.n_prompts, cfg.seed, excluded)
@@ -315,7 +302,7 @@ def grpo(cfg: GRPOConfig, command: str | None = None) -> Path:
         raw = sum(s.weight * r for s, r in zip(specs, per_judge))  # what the monitor watches
         signal = per_judge[0] if len(specs) == 1 else mix_rewards(per_judge, [s.weight for s in specs], idx)
         advantages, mask = group_advantages(signal, idx, std=cfg.advantage_std, clip=cfg.adv_clip)
-        advantages = advantages.float()
+        advantages = advantages.float().to(device)
         update = step < cfg.max_steps and not stopping
         # the ground truth of the weights that made this rollout (row 0: before any update)
         evaluation = {}
@@ -367,13 +354,7 @@ def grpo(cfg: GRPOConfig, command: str | None = None) -> Path:
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
-        if world > 1:
-            import torch.distributed as dist
-
-            first_dev = sums[4].clone()
-            dist.all_reduce(sums)
-            dist.all_reduce(first_dev, op=dist.ReduceOp.MAX)
-            sums[4] = first_dev
+        sums = torch.cat([all_reduce(sums[:4], world), all_reduce(sums[4:], world, op="max")])
         count = max(float(sums[3]), 1.0)
         extra = {"zero_std_fraction": float((~mask).float().mean()), "kl": float(sums[1]) / count,
                  "clip_fraction": float(sums[2]) / count, "loss": float(sums[0]) / count,

@@ -42,9 +42,9 @@ from ..rl.monitor import HackingMonitor, MonitorConfig
 from ..rl.refl import REWARD_LOSSES, refl_forward
 from ..train.engine import Checkpointer, MetricsLog, rng_state
 from ..world.generation import COMPOSITIONAL, checker_metric, heldout_prompts, render_batch
-from .rl_common import (all_reduce_gradients, barrier, evaluate_heldout, gather, gather_objects, judge_takes_video,
-                        load_prompts, finish_run, restore_checkpoint, setup_generator,
-                        trainable_state)
+from .rl_common import (all_reduce_gradients, barrier, evaluate_heldout, finish_run, gather, gather_objects,
+                        judge_takes_video, load_judge, load_prompts, resolve_device, restore_checkpoint,
+                        setup_generator, trainable_state)
 
 
 @dataclass
@@ -56,6 +56,7 @@ class ReFLConfig:
     generator_options: dict[str, Any] = field(default_factory=dict)  # pipelines: height, width, num_frames, ...
     conditions: str | None = None  # image-to-video pipelines: JSONL {"prompt", "image"} (first frames)
     reward_frames: int = 4  # video generators: frames the judge sees (an image judge averages over them)
+    device: str | None = None  # "cuda", "cuda:1", "cpu"; default: this process's GPU (LOCAL_RANK) if any, else CPU
     task: str | None = None  # the judge's task (default: its checkpoint's)
     rm_dtype: Literal["float32", "bfloat16"] = "float32"
     output_dir: str = "runs/refl"
@@ -77,7 +78,7 @@ class ReFLConfig:
     weight_decay: float = 0.0
     warmup_steps: int = 10
     max_grad_norm: float = 1.0  # 0: no clipping (the norm is still logged)
-    lora_r: int = 8  # 0: full fine-tuning of the denoiser and text encoder
+    lora_r: int = 8  # 0: full fine-tuning (ShapeWorld: the denoiser and text encoder; pipelines: the denoiser)
     lora_alpha: int | None = None  # default: lora_r (scale 1)
     loss: Literal["neg-reward", "hinge", "neg-log"] = "neg-reward"
     margin: float = 1.0  # hinge: ReLU(margin - r)
@@ -138,7 +139,6 @@ def command_line(config_file: str | None, overrides: list[str]) -> str:
 # ------------------------------------------------------------------ the run
 def refl(cfg: ReFLConfig, command: str | None = None) -> Path:
     """Run the recipe; returns `output_dir` (its report.json holds the before/after numbers)."""
-    import rewarddance as rd
     from diffusers.training_utils import EMAModel
     from tqdm import tqdm
     from transformers import get_constant_schedule_with_warmup
@@ -157,13 +157,14 @@ def refl(cfg: ReFLConfig, command: str | None = None) -> Path:
     torch.manual_seed(cfg.seed)
 
     # the judge: frozen, eval mode; gradients reach the pixels only
-    rm = rd.load(cfg.rm, dtype=getattr(torch, cfg.rm_dtype))
-    rm.judge.requires_grad_(False).eval()
+    device = resolve_device(cfg.device)
+    rm = load_judge(cfg.rm, None, dtype=cfg.rm_dtype, device=device)  # frozen: gradients reach the pixels only
     pairwise = rm.layout == "pairwise"
     reward_fn = video_reward(rm.reward_fn(cfg.task), cfg.reward_frames, judge_takes_video(rm, cfg.task))
 
     gen, condition_prompts = setup_generator(cfg.generator, cfg.generator_options, ground_truth=cfg.ground_truth,
-                                             conditions=cfg.conditions, pixel_space_needed=cfg.pretrain_weight > 0)
+                                             conditions=cfg.conditions, device=device,
+                                             pixel_space_needed=cfg.pretrain_weight > 0)
     heldout = heldout_prompts(cfg.eval_categories, cfg.eval_prompts_per_category, cfg.eval_seed)
     excluded = {p for ps in heldout.values() for p in ps}
     prompts = condition_prompts or load_prompts(cfg.prompts, cfg.categories, cfg.n_prompts, cfg.seed, excluded)

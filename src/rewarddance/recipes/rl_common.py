@@ -9,6 +9,7 @@ checker), never in rl/.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -24,15 +25,48 @@ from ..train.engine import atomic_dir
 from ..world.generation import training_prompts
 
 
+def resolve_device(name: str | None) -> torch.device:
+    """The device a recipe runs on: `name`, or (None / "auto") this process's GPU (LOCAL_RANK under
+    torchrun) when there is one, else the CPU. Sets it as the current CUDA device."""
+    if name not in (None, "auto"):
+        device = torch.device(name)
+    elif torch.cuda.is_available():
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    else:
+        device = torch.device("cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return device
+
+
+def _collective(x: torch.Tensor) -> torch.Tensor:
+    """`x` where the process group's backend can reduce it (NCCL: the current GPU; gloo: as it is)."""
+    import torch.distributed as dist
+
+    return x.cuda() if dist.get_backend() == "nccl" and x.device.type != "cuda" else x
+
+
 def gather(x: torch.Tensor, world: int) -> torch.Tensor:
-    """Concatenate equal-shaped tensors of every rank, in rank order."""
+    """Concatenate equal-shaped tensors of every rank, in rank order (on `x`'s device)."""
     if world == 1:
         return x
     import torch.distributed as dist
 
-    parts = [torch.empty_like(x) for _ in range(world)]
-    dist.all_gather(parts, x.contiguous())
-    return torch.cat(parts)
+    y = _collective(x.contiguous())
+    parts = [torch.empty_like(y) for _ in range(world)]
+    dist.all_gather(parts, y)
+    return torch.cat(parts).to(x.device)
+
+
+def all_reduce(x: torch.Tensor, world: int, op: str = "sum") -> torch.Tensor:
+    """`x` reduced over the ranks ("sum" or "max"), on `x`'s device (a new tensor)."""
+    if world == 1:
+        return x
+    import torch.distributed as dist
+
+    y = _collective(x.clone())
+    dist.all_reduce(y, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)
+    return y.to(x.device)
 
 
 def gather_objects(obj: Any, world: int) -> list[Any]:
@@ -47,16 +81,19 @@ def gather_objects(obj: Any, world: int) -> list[Any]:
 
 
 def all_reduce_gradients(params: Sequence[torch.nn.Parameter], world: int, average: bool = True) -> None:
-    """Sum (average=False) or average the parameters' gradients over the ranks."""
+    """Sum (average=False) or average the parameters' gradients over the ranks. Every rank reduces every
+    parameter (a rank without a gradient contributes zeros), so the collectives stay in step even when
+    one rank had nothing to backpropagate."""
     if world == 1:
         return
     import torch.distributed as dist
 
     for p in params:
-        if p.grad is not None:
-            dist.all_reduce(p.grad)
-            if average:
-                p.grad /= world
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        dist.all_reduce(p.grad)
+        if average:
+            p.grad /= world
 
 
 def barrier(world: int) -> None:
@@ -81,11 +118,11 @@ def load_prompts(source: str, categories: Sequence[str], n_prompts: int, seed: i
 
 
 def setup_generator(name_or_path: str, options: dict[str, Any], *, ground_truth: str, conditions: str | None,
-                    pixel_space_needed: bool = False) -> tuple[Generator, list[str] | None]:
+                    device: torch.device, pixel_space_needed: bool = False) -> tuple[Generator, list[str] | None]:
     """The generator to fine-tune (a committed name, a ShapeWorld directory or a diffusers pipeline
-    directory with its `options`) and, for an image-to-video pipeline, the prompts of the `conditions`
-    manifest (JSONL rows {"prompt", "image"}: each prompt's first frame), already set on it."""
-    gen = load_generator(generator_path(name_or_path), **options)
+    directory with its `options`) on `device` and, for an image-to-video pipeline, the prompts of the
+    `conditions` manifest (JSONL rows {"prompt", "image"}: each prompt's first frame), already set on it."""
+    gen = load_generator(generator_path(name_or_path), **options).to(device)
     if ground_truth == "shapeworld" and not isinstance(gen, ShapeWorldGenerator):
         raise ConfigError("ground_truth: the ShapeWorld checker judges ShapeWorld generators' images; "
                           "set ground_truth=none for a diffusers pipeline")
@@ -117,6 +154,24 @@ def setup_generator(name_or_path: str, options: dict[str, Any], *, ground_truth:
     base = path.parent
     gen.set_condition_images([r["prompt"] for r in rows], [base / r["image"] for r in rows])
     return gen, [r["prompt"] for r in rows]
+
+
+def load_judge(rm: str | None, remote: str | None, *, dtype: str = "float32", timeout: float = 120.0,
+               device: torch.device | str = "cpu") -> Any:
+    """The judge of an RL recipe: a local `RewardModel` (checkpoint directory or preset name), frozen, or a
+    `RewardClient` for a `rewarddance serve` URL (API key from $REWARDDANCE_API_KEY). Both have score,
+    win_matrix, rank and layout, so Best-of-N, search and GRPO take either; ReFL needs a local one."""
+    if (rm is None) == (remote is None):
+        raise ConfigError("give exactly one of rm (a checkpoint directory or preset name) or remote (a server URL)")
+    if remote:
+        from ..serve.client import RewardClient
+
+        return RewardClient(remote, timeout=timeout)
+    import rewarddance as rd
+
+    judge = rd.load(rm, device=str(device), dtype=getattr(torch, dtype))
+    judge.judge.requires_grad_(False).eval()
+    return judge
 
 
 def judge_takes_video(judge: Any, task: str | None) -> bool:

@@ -38,13 +38,15 @@ from ..evaluate.references import generator_references
 from ..generators import ShapeWorldGenerator, generator_path
 from ..rl.search import best_of_n, search_over_paths
 from ..world.generation import COMPOSITIONAL, checker_metric, heldout_prompts
+from .rl_common import load_judge
 
 
 @dataclass
 class SearchConfig:
     """Settings of `rewarddance rl best-of-n` / `rl search` (YAML keys; override any with key=value)."""
 
-    rm: str | None = None  # the judge: a checkpoint directory or preset name; required
+    rm: str | None = None  # the judge: a checkpoint directory or preset name (or give remote)
+    remote: str | None = None  # or the URL of a `rewarddance serve` server scoring for this run
     generator: str = "shapeworld-flow"  # a generator directory, or the name of a committed one
     task: str | None = None
     rm_dtype: Literal["float32", "bfloat16"] = "float32"
@@ -79,18 +81,15 @@ def _pass(images: torch.Tensor, prompt: str) -> list[bool]:
 
 def run_search(cfg: SearchConfig, method: Literal["best-of-n", "search"], command: str | None = None) -> dict:
     """Run the recipe; returns (and writes) results.json's content."""
-    import rewarddance as rd
     from tqdm import tqdm
 
-    if not cfg.rm:
-        raise ConfigError("rm: the judge is required (a checkpoint directory or preset name)")
     if not cfg.n or min(cfg.n) < 1 or (method == "search" and (not cfg.paths or min(cfg.paths) < 1)):
         raise ConfigError("n and paths: lists of positive budgets")
     t0 = time.perf_counter()
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
-    rm = rd.load(cfg.rm, dtype=getattr(torch, cfg.rm_dtype))
+    rm = load_judge(cfg.rm, cfg.remote, dtype=cfg.rm_dtype)
     gen = ShapeWorldGenerator.from_pretrained(generator_path(cfg.generator))
     prompts = [p for ps in heldout_prompts(cfg.eval_categories, cfg.eval_prompts_per_category,
                                            cfg.eval_seed).values() for p in ps]
@@ -151,7 +150,7 @@ def run_search(cfg: SearchConfig, method: Literal["best-of-n", "search"], comman
                            "difference": sp["gt_pass_rate"] - bon["gt_pass_rate"],
                            "search_nfe": sp["nfe"], "best_of_n_nfe": bon["nfe"]})
     result = {
-        "method": method, "rm": str(cfg.rm), "layout": rm.layout, "generator": str(cfg.generator),
+        "method": method, "rm": str(cfg.rm or cfg.remote), "layout": rm.layout, "generator": str(cfg.generator),
         "prompts": len(prompts), "repeats": cfg.repeats, "random_sample_gt_pass_rate": baseline,
         "best_of_n": bon_points, "search": search_points, "search_vs_best_of_n": comparison,
         "minutes": round((time.perf_counter() - t0) / 60, 2),
