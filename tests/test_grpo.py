@@ -310,3 +310,20 @@ def test_gradient_reduction_stays_in_step_when_a_rank_has_no_gradient():
     for p in procs:
         p.join(30)
     assert results[0] == results[1] == [[4.0, 4.0, 4.0], [0.0, 0.0]]
+
+
+def test_a_run_out_of_time_resumed_from_its_last_checkpoint_stops_again(gen_dir, judges, tmp_path):
+    """max_minutes reached after the first update: the run checkpoints, logs its last row (no update) and
+    ends; the same command again resumes from that checkpoint and ends there too (it does not update)."""
+    from rewarddance.config import load_config
+
+    overrides = _overrides(tmp_path / "timed", gen_dir, judges["pointwise"], max_minutes=1e-6, ground_truth="none",
+                           save_steps=100)
+    grpo(load_config(GRPOConfig, overrides=overrides))
+    first = metrics_rows(tmp_path / "timed")
+    assert [r["step"] for r in first] == [0, 1] and first[1]["grad_norm"] is None
+    assert (tmp_path / "timed" / "checkpoints" / "step-1").exists()
+    grpo(load_config(GRPOConfig, overrides=overrides))
+    again = metrics_rows(tmp_path / "timed")
+    assert [r["step"] for r in again] == [0, 1] and again[1]["grad_norm"] is None
+    assert_same_rows(first, again, ROW_KEYS, atol=1e-6)

@@ -51,7 +51,7 @@ from ..rl.grpo import (ADVANTAGE_STD, group_advantages, group_win_rates, grpo_lo
 from ..rl.monitor import HackingMonitor, MonitorConfig
 from ..train.engine import Checkpointer, MetricsLog, rng_state
 from ..world.generation import COMPOSITIONAL, checker_metric, heldout_prompts
-from .rl_common import (all_reduce, all_reduce_gradients, barrier, evaluate_heldout, finish_run, gather,
+from .rl_common import (all_reduce, any_rank, all_reduce_gradients, barrier, evaluate_heldout, finish_run, gather,
                         gather_objects, judge_takes_video, load_judge, load_prompts, resolve_device,
                         restore_checkpoint, setup_generator, trainable_state)
 
@@ -282,7 +282,12 @@ def grpo(cfg: GRPOConfig, command: str | None = None) -> Path:
     bar = tqdm(total=cfg.max_steps + 1, initial=step, desc="grpo", unit="step", file=sys.stderr,
                disable=not cfg.progress or not main)
     last_eval: dict[str, Any] = {}
-    stopping = False
+
+    def should_stop() -> bool:
+        """Out of time or stopped by the monitor: the next row is the last (no update, evaluated)."""
+        return any_rank(monitor.should_stop or (cfg.max_minutes is not None and elapsed >= cfg.max_minutes), world)
+
+    stopping = should_stop()  # a run resumed from the checkpoint it wrote when stopping stops again
     t_train = trained_steps(cfg)
     while step <= cfg.max_steps:
         t0 = time.perf_counter()
@@ -376,7 +381,7 @@ def grpo(cfg: GRPOConfig, command: str | None = None) -> Path:
         elapsed += (time.perf_counter() - t0) / 60
         if not update:
             break
-        stopping = monitor.should_stop or (cfg.max_minutes is not None and elapsed >= cfg.max_minutes)
+        stopping = should_stop()
         if main and (step % cfg.save_steps == 0 or stopping):
             state = {"step": step, "elapsed": elapsed, "wall_minutes": wall_minutes(),
                      "trainable": trainable_state(gen, params), "optimizer": optimizer.state_dict(),

@@ -42,7 +42,7 @@ from ..rl.monitor import HackingMonitor, MonitorConfig
 from ..rl.refl import REWARD_LOSSES, refl_forward
 from ..train.engine import Checkpointer, MetricsLog, rng_state
 from ..world.generation import COMPOSITIONAL, checker_metric, heldout_prompts, render_batch
-from .rl_common import (all_reduce_gradients, barrier, evaluate_heldout, finish_run, gather, gather_objects,
+from .rl_common import (all_reduce_gradients, any_rank, barrier, evaluate_heldout, finish_run, gather, gather_objects,
                         judge_takes_video, load_judge, load_prompts, resolve_device, restore_checkpoint,
                         setup_generator, trainable_state)
 
@@ -229,7 +229,12 @@ def refl(cfg: ReFLConfig, command: str | None = None) -> Path:
     bar = tqdm(total=cfg.max_steps + 1, initial=step, desc="refl", unit="step", file=sys.stderr,
                disable=not cfg.progress or not main)
     last_eval: dict[str, Any] = {}
-    stopping = False  # out of time or stopped by the monitor: the next row is the last (no update, evaluated)
+
+    def should_stop() -> bool:
+        """Out of time or stopped by the monitor: the next row is the last (no update, evaluated)."""
+        return any_rank(monitor.should_stop or (cfg.max_minutes is not None and elapsed >= cfg.max_minutes), world)
+
+    stopping = should_stop()  # a run resumed from the checkpoint it wrote when stopping stops again
     while step <= cfg.max_steps:
         t0 = time.perf_counter()
         idx, seeds, k = step_plan(cfg, step, len(prompts))
@@ -283,7 +288,7 @@ def refl(cfg: ReFLConfig, command: str | None = None) -> Path:
         elapsed += (time.perf_counter() - t0) / 60
         if not update:
             break
-        stopping = monitor.should_stop or (cfg.max_minutes is not None and elapsed >= cfg.max_minutes)
+        stopping = should_stop()
         if main and (step % cfg.save_steps == 0 or stopping):
             save_checkpoint()
         barrier(world)

@@ -69,6 +69,12 @@ def all_reduce(x: torch.Tensor, world: int, op: str = "sum") -> torch.Tensor:
     return y.to(x.device)
 
 
+def any_rank(flag: bool, world: int) -> bool:
+    """True on every rank when `flag` is true on any (ranks must agree on stopping: each measures its own
+    time, and a rank that stops updating while another goes on would desynchronise the collectives)."""
+    return bool(all_reduce(torch.tensor([float(flag)]), world, op="max").item()) if world > 1 else flag
+
+
 def gather_objects(obj: Any, world: int) -> list[Any]:
     """Every rank's `obj` (picklable), in rank order."""
     if world == 1:
