@@ -177,6 +177,23 @@ def test_search_recipes_write_their_tables(judges, gen_dir, tmp_path):
     for name in ("results.json", "results.md", "gain.png"):
         assert (tmp_path / "s" / name).exists()
 
+    # torchrun, 2 CPU processes: the prompts are split, the merged table is the one-process table
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+                        "rewarddance.cli", "rl", "search", f"rm={judges['pairwise']}", f"generator={gen_dir}",
+                        f"output_dir={tmp_path / 'ddp'}", "n=[2,3]", "paths=[2]", "branches=2", "every=2", "back=1",
+                        "num_steps=4", "reference_candidates=2", "eval_prompts_per_category=1", "progress=false"],
+                       capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    ddp = json.loads((tmp_path / "ddp" / "results.json").read_text())
+    assert ddp["processes"] == 2 and result["processes"] == 1
+
+    def rounded(x):
+        return json.loads(json.dumps(x), parse_float=lambda v: round(float(v), 6))
+
+    for key in ("best_of_n", "search", "search_vs_best_of_n", "random_sample_gt_pass_rate"):
+        assert rounded(ddp[key]) == rounded(result[key]), key
+
 
 def test_rl_study_with_given_judges_writes_the_contract_and_resumes(judges, gen_dir, tmp_path):
     """`rewarddance study rl --rm ...` at the smallest settings: one ReFL arm per judge plus Best-of-N and

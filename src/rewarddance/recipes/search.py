@@ -2,6 +2,8 @@
 
     rewarddance rl best-of-n rm=runs/judge/final n=[1,2,4,8,16]
     rewarddance rl search rm=runs/judge/final paths=[4,8] branches=2 every=5
+    rewarddance rl best-of-n remote=http://127.0.0.1:8000          # the judge behind `rewarddance serve`
+    torchrun --standalone --nproc_per_node 2 -m rewarddance.cli rl search rm=...   # prompts split over processes
 
 For every held-out prompt (fixed: `eval_prompts_per_category` per category, drawn from
 `eval_seed`) and each of `repeats` independent draws, the generator's samples are scored by the
@@ -18,6 +20,8 @@ judge and the pick is checked by the ground truth (ShapeWorld's checker):
 Scoring (`scorer`): a pointwise judge's reward, or a pairwise judge's P(sample beats the prompt's
 reference), the reference being the Best-of-N pick by win counts among `reference_candidates`
 samples drawn from other seeds. Writes results.json, results.md and gain.png under output_dir.
+Every (repeat, prompt) is independent of the others (its seeds come from its indices), so under
+torchrun each process takes every world-th one and the merged table equals one process's.
 """
 
 from __future__ import annotations
@@ -35,10 +39,11 @@ import torch
 
 from ..config import ConfigError, config_dict, save_config
 from ..evaluate.references import generator_references
+from ..evaluate.scoring import shard_info
 from ..generators import ShapeWorldGenerator, generator_path
 from ..rl.search import best_of_n, search_over_paths
 from ..world.generation import COMPOSITIONAL, checker_metric, heldout_prompts
-from .rl_common import load_judge
+from .rl_common import gather_objects, load_judge
 
 
 @dataclass
@@ -87,57 +92,65 @@ def run_search(cfg: SearchConfig, method: Literal["best-of-n", "search"], comman
         raise ConfigError("n and paths: lists of positive budgets")
     t0 = time.perf_counter()
     out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
+    rank, world = shard_info()  # under torchrun each process takes every world-th (repeat, prompt)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.yaml")
     rm = load_judge(cfg.rm, cfg.remote, dtype=cfg.rm_dtype)
     gen = ShapeWorldGenerator.from_pretrained(generator_path(cfg.generator))
     prompts = [p for ps in heldout_prompts(cfg.eval_categories, cfg.eval_prompts_per_category,
                                            cfg.eval_seed).values() for p in ps]
+    items = [(rep, i) for rep in range(cfg.repeats) for i in range(len(prompts))]
     references = None
     if rm.layout == "pairwise":
-        refs = generator_references(gen, rm, prompts, n=cfg.reference_candidates, seed=cfg.seed + 1,
+        mine = generator_references(gen, rm, prompts, n=cfg.reference_candidates, seed=cfg.seed + 1,
                                     num_steps=cfg.num_steps, guidance_scale=cfg.guidance_scale, task=cfg.task,
-                                    progress=cfg.progress)
-        references = {prompts[i]: img for i, img in refs.items()}
+                                    indices=range(rank, len(prompts), world), progress=cfg.progress and rank == 0)
+        references = {prompts[i]: img for part in gather_objects(mine, world) for i, img in part.items()}
     score = make_score(rm, references, cfg.task)
+
+    def run_items(label: str, fn: Any) -> list[Any]:
+        """fn(rep, i) for every item, this process's share, merged in item order on every process."""
+        done = {item: fn(*item) for item in tqdm(items[rank::world], desc=label, unit="prompt", file=sys.stderr,
+                                                 disable=not cfg.progress or rank != 0)}
+        merged = {k: v for part in gather_objects(done, world) for k, v in part.items()}
+        return [merged[item] for item in items]
 
     # search first: its judge-call counts set the Best-of-N budgets it is compared with
     search_points: list[dict[str, Any]] = []
     budgets = sorted(set(cfg.n) | {1})  # n = 1: a random sample, the baseline
     if method == "search":
         for paths in sorted(set(cfg.paths)):
-            passed, scores, calls, nfe = [], [], 0, 0
-            for rep in range(cfg.repeats):
-                for i, prompt in enumerate(tqdm(prompts, desc=f"search paths={paths}", unit="prompt",
-                                                file=sys.stderr, disable=not cfg.progress)):
-                    res = search_over_paths(gen, prompt, score, paths=paths, branches=cfg.branches, every=cfg.every,
-                                            back=cfg.back, num_steps=cfg.num_steps,
-                                            guidance_scale=cfg.guidance_scale,
-                                            seed=cfg.seed * 1_000 + rep * 1_000_003 + i)
-                    passed += _pass(res.image[None], prompt)
-                    scores.append(res.score)
-                    calls, nfe = res.judge_calls, res.nfe
+            def one_search(rep: int, i: int, paths: int = paths) -> tuple[bool, float, int, int]:
+                res = search_over_paths(gen, prompts[i], score, paths=paths, branches=cfg.branches, every=cfg.every,
+                                        back=cfg.back, num_steps=cfg.num_steps, guidance_scale=cfg.guidance_scale,
+                                        seed=cfg.seed * 1_000 + rep * 1_000_003 + i)
+                return _pass(res.image[None], prompts[i])[0], res.score, res.judge_calls, res.nfe
+
+            results = run_items(f"search paths={paths}", one_search)
             search_points.append({"method": "search", "paths": paths, "branches": cfg.branches,
-                                  "judge_calls": calls, "nfe": nfe, "gt_pass_rate": float(np.mean(passed)),
-                                  "judge_score_mean": float(np.mean(scores))})
+                                  "judge_calls": results[0][2], "nfe": results[0][3],
+                                  "gt_pass_rate": float(np.mean([r[0] for r in results])),
+                                  "judge_score_mean": float(np.mean([r[1] for r in results]))})
         budgets = sorted(set(budgets) | {p["judge_calls"] for p in search_points})
 
     # Best-of-N, nested: max(budgets) samples per prompt and repeat, each scored once
     n_max = max(budgets)
+
+    def one_best_of_n(rep: int, i: int) -> tuple[list[bool], list[float]]:
+        seeds = [cfg.seed * 1_000_000 + rep * 100_003 + i * n_max + j for j in range(n_max)]
+        res = best_of_n(gen, prompts[i], seeds, score, num_steps=cfg.num_steps, guidance_scale=cfg.guidance_scale)
+        return _pass(res.images, prompts[i]), res.scores.tolist()
+
     picks = {n: [] for n in budgets}
     pass_at = {n: [] for n in budgets}
     score_at = {n: [] for n in budgets}
-    for rep in range(cfg.repeats):
-        for i, prompt in enumerate(tqdm(prompts, desc=f"best-of-{n_max}", unit="prompt", file=sys.stderr,
-                                        disable=not cfg.progress)):
-            seeds = [cfg.seed * 1_000_000 + rep * 100_003 + i * n_max + j for j in range(n_max)]
-            res = best_of_n(gen, prompt, seeds, score, num_steps=cfg.num_steps, guidance_scale=cfg.guidance_scale)
-            ok = _pass(res.images, prompt)
-            for n in budgets:
-                best = int(torch.argmax(res.scores[:n]))
-                picks[n].append(ok[best])
-                pass_at[n].append(any(ok[:n]))
-                score_at[n].append(float(res.scores[best]))
+    for ok, item_scores in run_items(f"best-of-{n_max}", one_best_of_n):
+        for n in budgets:
+            best = int(np.argmax(item_scores[:n]))
+            picks[n].append(ok[best])
+            pass_at[n].append(any(ok[:n]))
+            score_at[n].append(float(item_scores[best]))
     bon_points = [{"method": "best-of-n", "n": n, "judge_calls": n, "nfe": n * cfg.num_steps,
                    "gt_pass_rate": float(np.mean(picks[n])), "pass_at_n": float(np.mean(pass_at[n])),
                    "judge_score_mean": float(np.mean(score_at[n]))} for n in budgets]
@@ -153,13 +166,14 @@ def run_search(cfg: SearchConfig, method: Literal["best-of-n", "search"], comman
         "method": method, "rm": str(cfg.rm or cfg.remote), "layout": rm.layout, "generator": str(cfg.generator),
         "prompts": len(prompts), "repeats": cfg.repeats, "random_sample_gt_pass_rate": baseline,
         "best_of_n": bon_points, "search": search_points, "search_vs_best_of_n": comparison,
-        "minutes": round((time.perf_counter() - t0) / 60, 2),
+        "minutes": round((time.perf_counter() - t0) / 60, 2), "processes": world,
         "command": command or " ".join(["rewarddance", "rl", method]), "config": config_dict(cfg),
     }
-    (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / "results.md").write_text(markdown(result) + "\n")
-    plot_gain(result, out / "gain.png")
-    print(markdown(result), file=sys.stderr)
+    if rank == 0:
+        (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
+        (out / "results.md").write_text(markdown(result) + "\n")
+        plot_gain(result, out / "gain.png")
+        print(markdown(result), file=sys.stderr)
     return result
 
 
