@@ -43,7 +43,6 @@ import numpy as np
 import torch
 
 from ..config import ConfigError, config_dict, save_config
-from ..evaluate.references import generator_references
 from ..evaluate.scoring import shard_info
 from ..rl.frames import subsample_frames, video_reward
 from ..rl.grpo import (ADVANTAGE_STD, group_advantages, group_win_rates, grpo_loss, mix_rewards, sample_with_logprob,
@@ -51,9 +50,9 @@ from ..rl.grpo import (ADVANTAGE_STD, group_advantages, group_win_rates, grpo_lo
 from ..rl.monitor import HackingMonitor, MonitorConfig
 from ..train.engine import Checkpointer, MetricsLog, rng_state
 from ..world.generation import COMPOSITIONAL, checker_metric, heldout_prompts
-from .rl_common import (all_reduce, any_rank, all_reduce_gradients, barrier, evaluate_heldout, finish_run, gather,
-                        gather_objects, judge_takes_video, load_judge, load_prompts, resolve_device,
-                        restore_checkpoint, setup_generator, trainable_state)
+from .rl_common import (all_reduce, all_reduce_gradients, any_rank, barrier, evaluate_heldout, finish_run, gather,
+                        judge_takes_video, load_judge, load_prompts, resolve_device, restore_checkpoint,
+                        setup_generator, starting_references, trainable_state)
 
 #: the keys every GRPO metrics row adds to the monitor's (the issue's contract)
 GRPO_ROW_KEYS = ("reward_std_group", "zero_std_fraction", "kl", "clip_fraction")
@@ -231,24 +230,15 @@ def grpo(cfg: GRPOConfig, command: str | None = None) -> Path:
 
     # pairwise judges in score mode: each prompt's Best-of-N reference from the STARTING generator, cached
     references: list[torch.Tensor | None] = [None] * len(specs)
-    ref_file = out / "references.pt"
-    cached = torch.load(ref_file, weights_only=False) if ref_file.exists() else {}
     for j, (spec, judge) in enumerate(zip(specs, judges)):
         if spec.checker or spec.mode != "score" or judge.layout != "pairwise":
             continue
         key = {"judge": spec.rm or spec.remote, "task": spec.task, "generator": str(cfg.generator), "prompts": prompts,
                "candidates": cfg.reference_candidates, "num_steps": cfg.eval_num_steps, "seed": cfg.seed}
-        if j in cached and cached[j]["key"] == key:
-            references[j] = cached[j]["images"]
-            continue
-        mine = generator_references(gen, judge, prompts, n=cfg.reference_candidates, seed=cfg.seed,
-                                    num_steps=cfg.eval_num_steps, guidance_scale=cfg.guidance_scale, task=spec.task,
-                                    indices=range(rank, len(prompts), world), progress=cfg.progress and main)
-        merged = {i: img for part in gather_objects(mine, world) for i, img in part.items()}
-        references[j] = torch.stack([merged[i] for i in range(len(prompts))])
-        cached[j] = {"key": key, "images": references[j]}
-        if main:
-            torch.save(cached, ref_file)
+        references[j] = starting_references(gen, judge, prompts, n=cfg.reference_candidates, seed=cfg.seed,
+                                            num_steps=cfg.eval_num_steps, guidance_scale=cfg.guidance_scale,
+                                            task=spec.task, rank=rank, world=world, progress=cfg.progress,
+                                            cache=out / "references.pt", key=key)
 
     reference_gen = None  # full fine-tuning with a KL term: the starting weights, frozen
     if cfg.lora_r > 0:

@@ -35,16 +35,15 @@ import numpy as np
 import torch
 
 from ..config import ConfigError, config_dict, save_config
-from ..evaluate.references import generator_references
 from ..evaluate.scoring import shard_info
 from ..rl.frames import video_reward
 from ..rl.monitor import HackingMonitor, MonitorConfig
 from ..rl.refl import REWARD_LOSSES, refl_forward
 from ..train.engine import Checkpointer, MetricsLog, rng_state
 from ..world.generation import COMPOSITIONAL, checker_metric, heldout_prompts, render_batch
-from .rl_common import (all_reduce_gradients, any_rank, barrier, evaluate_heldout, finish_run, gather, gather_objects,
+from .rl_common import (all_reduce_gradients, any_rank, barrier, evaluate_heldout, finish_run, gather,
                         judge_takes_video, load_judge, load_prompts, resolve_device, restore_checkpoint,
-                        setup_generator, trainable_state)
+                        setup_generator, starting_references, trainable_state)
 
 
 @dataclass
@@ -170,20 +169,12 @@ def refl(cfg: ReFLConfig, command: str | None = None) -> Path:
     prompts = condition_prompts or load_prompts(cfg.prompts, cfg.categories, cfg.n_prompts, cfg.seed, excluded)
     references = None
     if pairwise:  # from the STARTING generator: computed before any update, cached across restarts
-        ref_file = out / "references.pt"
         key = {"rm": str(cfg.rm), "generator": str(cfg.generator), "prompts": prompts,
                "candidates": cfg.reference_candidates, "num_steps": cfg.num_steps, "seed": cfg.seed}
-        cached = torch.load(ref_file, weights_only=False) if ref_file.exists() else None
-        if cached is not None and cached["key"] == key:
-            references = cached["images"]
-        else:
-            mine = generator_references(gen, rm, prompts, n=cfg.reference_candidates, seed=cfg.seed,
-                                        num_steps=cfg.num_steps, guidance_scale=cfg.guidance_scale, task=cfg.task,
-                                        indices=range(rank, len(prompts), world), progress=cfg.progress and main)
-            merged = {i: img for part in gather_objects(mine, world) for i, img in part.items()}
-            references = torch.stack([merged[i] for i in range(len(prompts))])
-            if main:
-                torch.save({"key": key, "images": references}, ref_file)
+        references = starting_references(gen, rm, prompts, n=cfg.reference_candidates, seed=cfg.seed,
+                                         num_steps=cfg.num_steps, guidance_scale=cfg.guidance_scale, task=cfg.task,
+                                         rank=rank, world=world, progress=cfg.progress, cache=out / "references.pt",
+                                         key=key)
 
     if cfg.lora_r > 0:
         gen.add_lora(r=cfg.lora_r, alpha=cfg.lora_alpha)

@@ -180,6 +180,29 @@ def load_judge(rm: str | None, remote: str | None, *, dtype: str = "float32", ti
     return judge
 
 
+def starting_references(gen: Generator, judge: Any, prompts: Sequence[str], *, n: int, seed: int, num_steps: int,
+                        guidance_scale: float, task: str | None, rank: int, world: int, progress: bool,
+                        cache: Path | None = None, key: dict[str, Any] | None = None) -> torch.Tensor:
+    """Each prompt's reference for a pairwise judge: the Best-of-N pick by win counts among `n` samples of
+    `gen` (the STARTING generator: call before any update), prompts split over the ranks, P×C×H×W on every
+    rank. With `cache`, kept in that file under `key` (everything the references depend on; several
+    judges share one file) and read back by a restarted run."""
+    from ..evaluate.references import generator_references
+
+    entry = json.dumps(key, sort_keys=True, default=str)
+    stored = torch.load(cache, weights_only=False) if cache is not None and cache.exists() else {}
+    if entry in stored:
+        return stored[entry]
+    mine = generator_references(gen, judge, list(prompts), n=n, seed=seed, num_steps=num_steps,
+                                guidance_scale=guidance_scale, task=task, indices=range(rank, len(prompts), world),
+                                progress=progress and rank == 0)
+    merged = {i: img for part in gather_objects(mine, world) for i, img in part.items()}
+    references = torch.stack([merged[i] for i in range(len(prompts))])
+    if cache is not None and rank == 0:
+        torch.save({**stored, entry: references}, cache)
+    return references
+
+
 def judge_takes_video(judge: Any, task: str | None) -> bool:
     """Whether a judge (a RewardModel or a RewardClient) scores videos under `task` (default: its own)."""
     from ..context import get_task

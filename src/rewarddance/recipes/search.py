@@ -38,12 +38,11 @@ import numpy as np
 import torch
 
 from ..config import ConfigError, config_dict, save_config
-from ..evaluate.references import generator_references
 from ..evaluate.scoring import shard_info
 from ..generators import ShapeWorldGenerator, generator_path
 from ..rl.search import best_of_n, search_over_paths
 from ..world.generation import COMPOSITIONAL, checker_metric, heldout_prompts
-from .rl_common import gather_objects, load_judge
+from .rl_common import gather_objects, load_judge, starting_references
 
 
 @dataclass
@@ -103,10 +102,10 @@ def run_search(cfg: SearchConfig, method: Literal["best-of-n", "search"], comman
     items = [(rep, i) for rep in range(cfg.repeats) for i in range(len(prompts))]
     references = None
     if rm.layout == "pairwise":
-        mine = generator_references(gen, rm, prompts, n=cfg.reference_candidates, seed=cfg.seed + 1,
-                                    num_steps=cfg.num_steps, guidance_scale=cfg.guidance_scale, task=cfg.task,
-                                    indices=range(rank, len(prompts), world), progress=cfg.progress and rank == 0)
-        references = {prompts[i]: img for part in gather_objects(mine, world) for i, img in part.items()}
+        refs = starting_references(gen, rm, prompts, n=cfg.reference_candidates, seed=cfg.seed + 1,
+                                   num_steps=cfg.num_steps, guidance_scale=cfg.guidance_scale, task=cfg.task,
+                                   rank=rank, world=world, progress=cfg.progress)
+        references = dict(zip(prompts, refs))
     score = make_score(rm, references, cfg.task)
 
     def run_items(label: str, fn: Any) -> list[Any]:
