@@ -26,10 +26,10 @@ Example (ReFL's use; `gen` is any Generator, e.g. ShapeWorldGenerator.from_pretr
 
 from __future__ import annotations
 
+import contextlib
 import os
 from abc import ABC, abstractmethod
-from contextlib import AbstractContextManager
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -124,12 +124,20 @@ class Generator(nn.Module, ABC):
     def save_lora(self, path: str | os.PathLike) -> None:
         """Write the LoRA adapters alone, in the diffusers format, to directory `path`."""
 
-    @abstractmethod
-    def adapters_disabled(self) -> AbstractContextManager:
-        """A context in which the denoiser runs without its LoRA adapters: the reference policy
-        (the weights before fine-tuning) that GRPO's KL term compares with."""
+    #: the network LoRA adapters go on (a diffusers model: a UNet or a transformer)
+    denoiser: nn.Module
 
     # ------------------------------------------------------------------ built on those
+    @contextlib.contextmanager
+    def adapters_disabled(self) -> Iterator[None]:
+        """A context in which the denoiser runs without its LoRA adapters: the reference policy
+        (the weights before fine-tuning) that GRPO's KL term compares with."""
+        self.denoiser.disable_adapters()
+        try:
+            yield
+        finally:
+            self.denoiser.enable_adapters()
+
     def trainable_parameters(self) -> list[nn.Parameter]:
         """The parameters an optimizer should update: all of them, or only the LoRA adapters after `add_lora`."""
         return [p for p in self.parameters() if p.requires_grad]

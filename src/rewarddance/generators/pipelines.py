@@ -39,11 +39,10 @@ Example (any SD3 directory on disk; `rewarddance.generators.tiny_pipelines` buil
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -147,14 +146,6 @@ class DiffusersGenerator(Generator):
         layers = get_peft_model_state_dict(self.denoiser)
         type(self.pipe).save_lora_weights(path, weight_name=LORA_WEIGHTS,
                                           **{f"{self.denoiser_name}_lora_layers": layers})
-
-    @contextlib.contextmanager
-    def adapters_disabled(self) -> Iterator[None]:
-        self.denoiser.disable_adapters()
-        try:
-            yield
-        finally:
-            self.denoiser.enable_adapters()
 
     def sigmas(self, num_steps: int) -> Tensor:
         self.pipe.scheduler.set_timesteps(num_steps)

@@ -19,11 +19,10 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -86,6 +85,10 @@ class ShapeWorldGenerator(Generator):
         self.max_length = max_length
         size = unet.config.sample_size
         self.image_shape = (unet.config.in_channels, size, size)
+
+    @property
+    def denoiser(self) -> torch.nn.Module:
+        return self.unet
 
     # ------------------------------------------------------------------ building, saving, loading
     @classmethod
@@ -181,14 +184,6 @@ class ShapeWorldGenerator(Generator):
         """`path/pytorch_lora_weights.safetensors`: the UNet's adapters, which a fresh generator's
         `unet.load_lora_adapter(path, prefix=None)` loads."""
         self.unet.save_lora_adapter(path, weight_name=LORA_WEIGHTS)
-
-    @contextlib.contextmanager
-    def adapters_disabled(self) -> Iterator[None]:
-        self.unet.disable_adapters()
-        try:
-            yield
-        finally:
-            self.unet.enable_adapters()
 
     # ------------------------------------------------------------------ the model
     def encode_prompts(self, prompts: Sequence[str]) -> Tensor:
