@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	touch $@
 
 demo: setup
-	$(PY) -m rewarddance.demo
+	$(VENV)/bin/rewarddance demo
 
 test: setup
 	$(PY) -m pytest -q

@@ -267,6 +267,19 @@ def cmd_study_rl(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# ------------------------------------------------------------------ demo
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .recipes.demo import demo, load_demo_config
+
+    _quiet_transformers()
+    cfg = load_demo_config(args.quick, args.config, [*args.overrides, *([f"out={args.out}"] if args.out else [])])
+    metrics = demo(cfg, quick=args.quick, force=args.force)
+    print(f"\nreport: {metrics['report']}")
+    for line in metrics["headline"]:
+        print(f"  {line}")
+    return EXIT_OK
+
+
 # ------------------------------------------------------------------ serve
 def cmd_serve(args: argparse.Namespace) -> int:
     from .models.presets import parse_preset_name
@@ -413,6 +426,18 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--rm", action="append", metavar="NAME=DIR",
                     help="use this judge instead of training the study's own (repeatable)")
     st.set_defaults(func=cmd_study_rl)
+
+    from .recipes.demo import DemoConfig
+
+    q = sub.add_parser("demo", help="the main job: train judges, evaluate, ReFL, Best-of-N / search, report.html",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="keys (key=value):\n" + describe(DemoConfig))
+    q.add_argument("--out", help="output directory (default runs/demo)")
+    q.add_argument("--quick", action="store_true", help="the <= 3-minute version (fewer pairs, steps, prompts)")
+    q.add_argument("--force", action="store_true", help="redo every stage (a re-run otherwise skips finished ones)")
+    q.add_argument("--config", help="YAML file of keys")
+    q.add_argument("overrides", nargs="*", metavar="key=value")
+    q.set_defaults(func=cmd_demo)
 
     from .serve.config import ServeConfig
 
