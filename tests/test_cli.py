@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from rewarddance.cli import main
-from rewarddance.demo import main as demo_main
 from rewarddance.examples import EXAMPLE_DIR
 
 ENTRY = str(Path(sys.executable).with_name("rewarddance"))  # the installed console script
@@ -140,9 +139,3 @@ def test_strict_stops_at_first_bad_row(model_dir, tmp_path, run):
     assert r.returncode == 1
     rows = [json.loads(t) for t in out.read_text().splitlines()]
     assert rows[-1]["key"] == "broken" and "error" in rows[-1] and len(rows) == 3
-
-
-def test_demo_runs(tmp_path, capsys):
-    assert demo_main(["--out", str(tmp_path)]) == 0
-    assert "0-pair" in capsys.readouterr().out
-    assert len((tmp_path / "scores.jsonl").read_text().splitlines()) == 12

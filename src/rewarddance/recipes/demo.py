@@ -56,15 +56,18 @@ class DemoConfig:
     data_n_test: int = 200  # clean test pairs, half ID, half OOD
     # 2. judges: the same steps and batch for every judge
     model: str = "qwen2_5_vl-tiny-shapeworld"  # the committed pretrained preset
-    judge_steps: int = 150
+    judge_steps: int = 100
     judge_batch_size: int = 16
     judge_lr: float = 1e-3
     second_size: str | None = "qwen2_5_vl-small"  # a second size of the generative judge (null: none)
+    # the small size costs ~4.5 s a step here (tiny: ~0.7 s), so 10 minutes cannot give it judge_steps; its own
+    # budget is shown beside its numbers
+    second_size_steps: int = 20
     # 3. evaluation, references
     reference_candidates: int = 4  # Best-of-N pool of each held-out prompt's reference
     # 4. ReFL (held-out evaluation: ShapeWorld's compositional prompts x seeds, the checker as truth)
     generator: str = "shapeworld-flow"
-    refl_steps: int = 20
+    refl_steps: int = 15
     refl_lr: float = 1e-3  # at the recipe's 1e-4 a fresh LoRA barely moves in tens of steps (docs/rl.md)
     refl_prompts: int = 16
     num_steps: int = 20  # sampling steps, every stage
@@ -73,7 +76,7 @@ class DemoConfig:
     # 5. inference-time scaling
     search_n: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
     search_paths: list[int] = field(default_factory=lambda: [4])
-    search_prompts_per_category: int = 4
+    search_prompts_per_category: int = 3
     # 6. report
     examples: int = 6  # judge verdicts shown with their rationales
     grid_prompts: int = 8  # held-out prompts in the before/after sample grid
@@ -89,7 +92,7 @@ QUICK = {"data_n": 300, "data_n_test": 100, "judge_steps": 30, "second_size": No
 # which settings each stage's results depend on (besides the stages before it)
 STAGE_KEYS = {
     "data": ("seed", "data_n", "data_n_test"),
-    "judges": ("model", "judge_steps", "judge_batch_size", "judge_lr", "second_size"),
+    "judges": ("model", "judge_steps", "judge_batch_size", "judge_lr", "second_size", "second_size_steps"),
     "evaluate": ("reference_candidates", "generator", "num_steps", "eval_prompts_per_category", "grid_prompts",
                  "examples"),
     "rl": ("refl_steps", "refl_lr", "refl_prompts", "eval_seeds"),
@@ -168,17 +171,17 @@ def stage_data(cfg: DemoConfig, folder: Path) -> dict[str, Any]:
 
 
 def judge_specs(cfg: DemoConfig) -> list[dict[str, Any]]:
-    """The demo's judges: name, objective, model, size, start."""
+    """The demo's judges: name, objective, model, size, start, steps."""
     size = cfg.model.split("-")[1] if cfg.model.count("-") >= 1 else cfg.model
     start = "pretrained" if cfg.model.endswith("-shapeworld") else "scratch"
     specs = [{"name": f"generative-pairwise-{size}", "objective": "generative-pairwise", "model": cfg.model,
-              "size": size, "start": start},
+              "size": size, "start": start, "steps": cfg.judge_steps},
              {"name": f"regressive-bt-{size}", "objective": "regressive-bt", "model": cfg.model, "size": size,
-              "start": start}]
+              "start": start, "steps": cfg.judge_steps}]
     if cfg.second_size:
         second = cfg.second_size.split("-")[1] if "-" in cfg.second_size else cfg.second_size
         specs.append({"name": f"generative-pairwise-{second}", "objective": "generative-pairwise",
-                      "model": cfg.second_size, "size": second,
+                      "model": cfg.second_size, "size": second, "steps": cfg.second_size_steps,
                       "start": "pretrained" if cfg.second_size.endswith("-shapeworld") else "scratch"})
     return specs
 
@@ -190,11 +193,11 @@ def stage_judges(cfg: DemoConfig, folder: Path, data: dict[str, Any]) -> dict[st
     for spec in judge_specs(cfg):
         t0 = time.perf_counter()
         final = train(TrainConfig(model=spec["model"], data=data["train"], objective=spec["objective"],
-                                  output_dir=str(folder / spec["name"]), max_steps=cfg.judge_steps,
+                                  output_dir=str(folder / spec["name"]), max_steps=spec["steps"],
                                   batch_size=cfg.judge_batch_size, lr=cfg.judge_lr, seed=cfg.seed,
-                                  eval_steps=10**9, save_steps=max(cfg.judge_steps // 2, 1), tensorboard=False,
+                                  eval_steps=10**9, save_steps=max(spec["steps"] // 2, 1), tensorboard=False,
                                   progress=cfg.progress))
-        judges.append({**spec, "path": str(final), "train_steps": cfg.judge_steps,
+        judges.append({**spec, "path": str(final), "train_steps": spec["steps"],
                        "train_minutes": round((time.perf_counter() - t0) / 60, 2)})
     return {"judges": judges}
 

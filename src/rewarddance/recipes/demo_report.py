@@ -207,9 +207,10 @@ at this budget the tiny judges are near chance, and the page shows that as measu
     parts.append(f"""<h2>1. Judges on held-out pairs</h2>
 <p class="sub">Test pairs ({s('data.test', 'int')}; half in-distribution, half OOD: held-out colour-shape
 combinations, outlines, other backgrounds), labelled by the checker; trained on {s('data.train', 'int')}
-pairs with 10% of labels flipped. Accuracy with ties counts a pair as a tie when P is within the fitted
-threshold of 0.5; position consistency is the share of pairs judged the same with the images swapped (a pointwise judge
-scores each image alone, so it is consistent by construction).
+pairs with 10% of labels flipped. Accuracy with ties counts a pair as a tie when P is within a threshold
+(fitted on the data) of one half; position consistency is the share of pairs judged the same with the images
+swapped (a pointwise judge scores each image alone, so it is consistent by construction). A second size, where
+there is one, starts from scratch and gets its own step budget (it costs several times more per step).
 Best judge: {s('best_judge', 'text')}.</p>
 <div class="scroll"><table><tr><th>judge</th>{head}</tr>{body}</table></div>""")
 
