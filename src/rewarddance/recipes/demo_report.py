@@ -177,6 +177,10 @@ def render(metrics: dict[str, Any], report: Path) -> str:
     """The page's HTML."""
     m = metrics
     s = lambda path, fmt: shown(m, path, fmt)  # noqa: E731
+    # said only when true of this run: every judge within a few points of a coin flip
+    near_chance = ("At this budget every judge is close to chance, and so are the gains below: read them as what "
+                   "the loop measures, not as what the method can do." if all(
+                       abs((j["accuracy"] or 0.5) - 0.5) < 0.1 for j in m["judges"]) else "")
     parts = [f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <meta http-equiv="Content-Security-Policy" content="default-src 'none'; img-src data:; style-src 'unsafe-inline'">
@@ -191,8 +195,8 @@ the judge also picks among samples (Best-of-N, search over paths). ShapeWorld's 
 for every image, so each number below is measured against it.</p>
 <ul class="headline">{''.join(f'<li>{s(f"headline.{i}", "text")}</li>' for i in range(len(m['headline'])))}</ul>
 <p class="sub">These numbers come from a few minutes per stage on this machine, far less than the studies
-({_docs_link(report, 'training.md')}, {_docs_link(report, 'rl.md')}, {_docs_link(report, 'evaluation.md')});
-at this budget the tiny judges are near chance, and the page shows that as measured.</p></div>"""]
+({_docs_link(report, 'training.md')}, {_docs_link(report, 'rl.md')}, {_docs_link(report, 'evaluation.md')}).
+{near_chance}</p></div>"""]
 
     # judges
     cols = (("train steps", "train_steps", "int"), ("train min", "train_minutes", "f1"),
