@@ -267,6 +267,13 @@ def cmd_study_rl(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_study_rm(args: argparse.Namespace) -> int:
+    from .recipes.study_rm import markdown, study_rm
+
+    print(markdown(study_rm(args.out, quick=args.quick)))
+    return EXIT_OK
+
+
 # ------------------------------------------------------------------ demo
 def cmd_demo(args: argparse.Namespace) -> int:
     from .recipes.demo import demo, load_demo_config
@@ -426,6 +433,10 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--rm", action="append", metavar="NAME=DIR",
                     help="use this judge instead of training the study's own (repeatable)")
     st.set_defaults(func=cmd_study_rl)
+    sm = ssub.add_parser("rm", help="the reward-model study: paradigms, sizes, context, data, video (Tables 2, 7-9)")
+    sm.add_argument("--out", required=True, help="output directory (results.json, results.md, plots, arms/)")
+    sm.add_argument("--quick", action="store_true", help="the <= 15-minute version (committed presets, 5 arms)")
+    sm.set_defaults(func=cmd_study_rm)
 
     from .recipes.demo import DemoConfig
 

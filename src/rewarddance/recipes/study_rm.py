@@ -1,0 +1,342 @@
+"""Recipe: the reward-model study. The paper's reward-model findings in miniature, on ShapeWorld, with our numbers.
+
+    rewarddance study rm --out runs/study-rm                 # full (resumable: finished arms are skipped)
+    rewarddance study rm --quick --out runs/study-rm-quick   # <= 15 minutes on 2 CPU cores, committed presets only
+
+Every arm trains through `rewarddance train` and is measured by `rewarddance eval` on the same clean test
+pairs (half ID, half OOD), with the same data, number of steps and batch size (wall-clock minutes are
+reported beside them, not equalised: equal minutes would favour small models by construction). The arms,
+each a row of OUT/results.json (the contract), grouped as the paper's tables are:
+- `paradigm` (Table 7 + the CLIP argument): clip-bt, regressive-bt, generative-pointwise, generative-pairwise;
+- `size` (Table 2): tiny / small / medium from their pretrained start and from scratch (a preset that is not
+  committed is pretrained first by `rewarddance train`; that time is `pretrain_minutes`, not `train_minutes`);
+- `family`: the pairwise judge on another architecture than Qwen2.5-VL;
+- `context` (Tables 8-9): pointwise with the plain instruction -> with the task instruction -> pairwise ->
+  + CoT rationales (inference stays judgment-only);
+- `data`: the pairwise judge on 25% / 50% / 100% of the training pairs;
+- `video`: text-to-video and image-to-video judges on ShapeWorld video pairs (their own test pairs);
+- `seeds`: the headline arms (generative-pairwise, regressive-bt, clip-bt) again with seeds 1 and 2.
+`--quick` keeps one arm per objective and a second size of the pairwise judge (from scratch: only the tiny
+preset is committed), with less data and fewer steps; the code is the same.
+
+Outputs: OUT/results.json, OUT/results.md (the table, mean ± std over seeds where repeated), OUT/*.png
+(accuracy vs size, ID vs OOD per paradigm, learning curves), and OUT/arms/<name>/ (train run, eval).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from ..models.presets import cache_root
+
+OBJECTIVES = ("generative-pairwise", "generative-pointwise", "regressive-bt", "clip-bt")
+
+
+@dataclass
+class Arm:
+    """One trained and evaluated judge of the study."""
+
+    name: str
+    group: str  # the study's table it belongs to: paradigm, size, family, context, data, video, seeds
+    objective: str = "generative-pairwise"
+    arch: str = "qwen2_5_vl"
+    size: str = "tiny"  # the preset size (clip-bt: its own config's size)
+    start: str = "pretrained"  # pretrained | scratch
+    context: str = "pairwise+task+cot"  # layout + instruction (+ cot): what the judge is trained with
+    seed: int = 0
+    data: str = "image"  # image | t2v | i2v
+    data_fraction: float = 1.0
+    overrides: list[str] = field(default_factory=list)  # extra `rewarddance train` keys
+
+    @property
+    def model(self) -> str:
+        if self.objective == "clip-bt":
+            return "clip"  # built from config by the recipe (clip_size)
+        return f"{self.arch}-{self.size}" + ("-shapeworld" if self.start == "pretrained" else "")
+
+
+@dataclass
+class StudySettings:
+    """What differs between the quick and the full study."""
+
+    data_n: int = 4000  # training pairs (10% of labels flipped)
+    data_n_test: int = 800  # clean test pairs: 400 ID + 400 OOD
+    video_n: int = 400  # video pairs (t2v and i2v arms)
+    steps: int = 1000  # every arm, the same
+    batch_size: int = 16
+    sizes: list[str] = field(default_factory=lambda: ["tiny", "small", "medium"])
+    other_family: str = "smolvlm"
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    fractions: list[float] = field(default_factory=lambda: [0.25, 0.5, 1.0])
+    quick: bool = False
+
+
+FULL = StudySettings()
+QUICK = StudySettings(data_n=1000, data_n_test=400, steps=100, sizes=["tiny", "small"], seeds=[0], fractions=[1.0],
+                      quick=True)
+
+
+def arms_for(s: StudySettings) -> list[Arm]:
+    """The study's arms (a name appears once; an arm shared by two tables is listed in the first)."""
+    contexts = {"generative-pairwise": "pairwise+task+cot", "clip-bt": "dual-encoder"}
+    arms = [Arm(f"paradigm-{o}", "paradigm", objective=o, context=contexts.get(o, "pointwise+task"),
+                size="small" if o == "clip-bt" else "tiny", start="scratch" if o == "clip-bt" else "pretrained")
+            for o in OBJECTIVES]
+    if s.quick:
+        return arms + [Arm("size-small-scratch", "size", size="small", start="scratch")]
+    for size in s.sizes:
+        for start in ("pretrained", "scratch"):
+            if (size, start) != ("tiny", "pretrained"):  # that one is paradigm-generative-pairwise
+                arms.append(Arm(f"size-{size}-{start}", "size", size=size, start=start))
+    arms.append(Arm(f"family-{s.other_family}-tiny", "family", arch=s.other_family))
+    arms += [Arm("context-pointwise-plain", "context", objective="generative-pointwise", context="pointwise+plain",
+                 overrides=["task=plain"]),
+             Arm("context-pointwise-task", "context", objective="generative-pointwise", context="pointwise+task"),
+             Arm("context-pairwise-task", "context", context="pairwise+task", overrides=["cot=false"])]
+    arms += [Arm(f"data-{int(100 * f)}", "data", data_fraction=f) for f in s.fractions if f < 1.0]
+    arms += [Arm("video-t2v", "video", data="t2v", context="pairwise+task+cot"),
+             Arm("video-i2v", "video", data="i2v", context="pairwise+task+cot")]
+    for seed in s.seeds[1:]:
+        for o in ("generative-pairwise", "regressive-bt", "clip-bt"):
+            base = next(a for a in arms if a.name == f"paradigm-{o}")
+            arms.append(replace(base, name=f"seed{seed}-{o}", group="seeds", seed=seed))
+    return arms
+
+
+# ------------------------------------------------------------------ data
+def _run(cmd: list[str], log: Path) -> float:
+    """Run one step (a rewarddance command), output appended to `log`; its wall minutes."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    line = "$ " + " ".join(shlex.quote(c) for c in cmd)
+    print(line, file=sys.stderr, flush=True)
+    t0 = time.perf_counter()
+    with log.open("a") as f:
+        f.write(line + "\n")
+        f.flush()
+        r = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT)
+    if r.returncode != 0:
+        tail = "".join(log.read_text().splitlines(keepends=True)[-15:])
+        raise RuntimeError(f"study step failed (exit {r.returncode}): {' '.join(cmd)}\n{tail}")
+    return (time.perf_counter() - t0) / 60
+
+
+def _cli() -> list[str]:
+    return [sys.executable, "-m", "rewarddance.cli"]
+
+
+def _rewrite(src: Path, dst: Path, *, task: str | None = None, fraction: float = 1.0,
+             only_task: str | None = None) -> Path:
+    """A copy of manifest `src` beside it: its rows (those of `only_task`), the first `fraction` of them, with
+    `task` set on each."""
+    if dst.exists():
+        return dst
+    rows = [json.loads(t) for t in src.read_text().splitlines() if t.strip()]
+    if only_task is not None:
+        rows = [r for r in rows if r.get("task") == only_task]
+    rows = rows[:max(1, round(len(rows) * fraction))]
+    if task is not None:
+        rows = [{**r, "task": task} for r in rows]
+    tmp = dst.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tmp.replace(dst)
+    return dst
+
+
+def prepare_data(s: StudySettings, log: Path) -> Path:
+    """ShapeWorld preference data (with video pairs unless quick), cached in the user's cache."""
+    root = cache_root() / "study-rm" / f"world-{s.data_n}-{s.data_n_test}-{0 if s.quick else s.video_n}"
+    if not (root / "test.jsonl").exists():
+        cmd = [*_cli(), "data", "world", "--out", str(root), "--n", str(s.data_n), "--n-test", str(s.data_n_test)]
+        if not s.quick:
+            cmd += ["--video", "--n-video", str(s.video_n)]
+        _run(cmd, log)
+    return root
+
+
+def arm_files(arm: Arm, data: Path) -> tuple[Path, Path]:
+    """(train manifest, test manifest) of an arm."""
+    if arm.data != "image":  # ShapeWorld's video files hold both tasks' rows
+        task = f"{arm.data}-overall"
+        return (_rewrite(data / "video-train.jsonl", data / f"video-{arm.data}-train.jsonl", only_task=task),
+                _rewrite(data / "video-test.jsonl", data / f"video-{arm.data}-test.jsonl", only_task=task))
+    train, test = data / "train.jsonl", data / "test.jsonl"
+    task = next((o.split("=", 1)[1] for o in arm.overrides if o.startswith("task=")), None)
+    if task is not None:  # rows name their task; the arm's instruction replaces it in both files
+        train = _rewrite(train, data / f"train-{task}.jsonl", task=task)
+        test = _rewrite(test, data / f"test-{task}.jsonl", task=task)
+    if arm.data_fraction < 1.0:
+        train = _rewrite(train, data / f"train-{int(100 * arm.data_fraction)}pct.jsonl", fraction=arm.data_fraction)
+    return train, test
+
+
+# ------------------------------------------------------------------ one arm
+def _pretrain_minutes(arm: Arm) -> float | None:
+    """Pretraining time of the arm's starting preset (its pretrain_report.json), None from scratch."""
+    if arm.start != "pretrained" or arm.objective == "clip-bt":
+        return None
+    from ..models.presets import PresetNotBuiltError, preset_path
+
+    try:
+        report = preset_path(arm.model) / "pretrain_report.json"
+    except PresetNotBuiltError:
+        return None
+    if not report.exists():
+        return None
+    r = json.loads(report.read_text())
+    total = r.get("total_minutes") or r.get("train_minutes") or 0.0
+    if isinstance(r.get("stage_1"), dict):  # a preset pretrained in two stages
+        total += r["stage_1"].get("total_minutes") or r["stage_1"].get("train_minutes") or 0.0
+    return round(total, 1)
+
+
+def run_arm(arm: Arm, s: StudySettings, data: Path, out: Path, log: Path) -> dict[str, Any]:
+    """Train (resumable) and evaluate one arm; its results.json row (cached in OUT/arms/<name>/row.json)."""
+    folder = out / "arms" / arm.name
+    row_file = folder / "row.json"
+    if row_file.exists():
+        return json.loads(row_file.read_text())
+    train, test = arm_files(arm, data)
+    model = [] if arm.objective == "clip-bt" else [f"model={arm.model}"]
+    clip = [f"clip_size={arm.size}"] if arm.objective == "clip-bt" else []
+    pretrain_before = _pretrain_minutes(arm)  # committed or cached: known before training starts
+    train_minutes = _run([*_cli(), "train", f"data={train}", f"output_dir={folder / 'train'}",
+                          f"objective={arm.objective}", f"max_steps={s.steps}", f"batch_size={s.batch_size}",
+                          f"seed={arm.seed}", "eval_steps=1000000000", "progress=false", "tensorboard=false",
+                          *model, *clip, *arm.overrides], log)
+    eval_json = folder / "eval.json"
+    if not eval_json.exists():
+        _run([*_cli(), "eval", "--model", str(folder / "train" / "final"), "--data", str(test), "--json",
+              str(eval_json)], log)
+    result = json.loads(eval_json.read_text())
+    splits = result.get("splits", {})
+    steps = [json.loads(t) for t in (folder / "train" / "metrics.jsonl").read_text().splitlines() if t.strip()]
+    pretrain = pretrain_before if pretrain_before is not None else _pretrain_minutes(arm)
+    row = {"name": arm.name, "group": arm.group, "objective": arm.objective, "size": arm.size, "arch": arm.arch,
+           "start": arm.start, "context": arm.context, "seed": arm.seed, "data": arm.data,
+           "data_fraction": arm.data_fraction,
+           "id_accuracy": splits.get("id", {}).get("accuracy", result["overall"].get("accuracy")),
+           "ood_accuracy": splits.get("ood", {}).get("accuracy"),
+           "accuracy": result["overall"].get("accuracy"), "n_test": result["overall"].get("n"),
+           "train_minutes": round(train_minutes, 2), "train_steps": max((r["step"] for r in steps), default=0),
+           "pretrain_minutes": pretrain,
+           "curve": [{"step": r["step"], "loss": r.get("loss")} for r in steps]}
+    row_file.write_text(json.dumps(row, indent=1) + "\n")
+    return row
+
+
+# ------------------------------------------------------------------ the study
+def study_rm(out: str | Path, *, quick: bool = False, settings: StudySettings | None = None,
+             arms: list[Arm] | None = None) -> dict[str, Any]:
+    """Run (or resume) the study; returns results.json's content."""
+    s = settings or (QUICK if quick else FULL)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    log = out / "study.log"
+    t0 = time.perf_counter()
+    data = prepare_data(s, log)
+    rows = []
+    for arm in arms if arms is not None else arms_for(s):
+        rows.append(run_arm(arm, s, data, out, log))
+        print(f"[{arm.name}] ID {_pct(rows[-1]['id_accuracy'])} OOD {_pct(rows[-1]['ood_accuracy'])} "
+              f"({rows[-1]['train_minutes']:.1f} min)", file=sys.stderr, flush=True)
+    result = {"arms": rows, "settings": asdict(s), "data": str(data),
+              "minutes_this_run": round((time.perf_counter() - t0) / 60, 1),
+              "command": "rewarddance study rm" + (" --quick" if quick else "") + f" --out {out}"}
+    (out / "results.json").write_text(json.dumps(result, indent=1) + "\n")
+    (out / "results.md").write_text(markdown(result) + "\n")
+    plot(result, out)
+    return result
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}%"
+
+
+def seed_spread(rows: list[dict[str, Any]]) -> dict[str, tuple[float, float, int]]:
+    """objective -> (mean, std, n) of OOD accuracy over the headline arms' seeds (paradigm + seeds groups)."""
+    import numpy as np
+
+    out = {}
+    for o in ("generative-pairwise", "regressive-bt", "clip-bt"):
+        vals = [r["ood_accuracy"] for r in rows if r["objective"] == o and r["group"] in ("paradigm", "seeds")
+                and r["ood_accuracy"] is not None]
+        if len(vals) > 1:
+            out[o] = (float(np.mean(vals)), float(np.std(vals, ddof=1)), len(vals))
+    return out
+
+
+def markdown(result: dict[str, Any]) -> str:
+    rows = result["arms"]
+    lines = [f"`{result['command']}`: {len(rows)} arms, {result['settings']['steps']} steps x batch "
+             f"{result['settings']['batch_size']} each.", "",
+             "| arm | table | objective | arch | size | start | context | seed | ID | OOD | train min | "
+             "pretrain min |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['name']} | {r['group']} | {r['objective']} | {r['arch']} | {r['size']} | {r['start']} | "
+                     f"{r['context']} | {r['seed']} | {_pct(r['id_accuracy'])} | {_pct(r['ood_accuracy'])} | "
+                     f"{r['train_minutes']:.1f} | {'' if r['pretrain_minutes'] is None else r['pretrain_minutes']} |")
+    spread = seed_spread(rows)
+    if spread:
+        lines += ["", "OOD accuracy over seeds (mean ± std, n):"]
+        lines += [f"- {o}: {100 * m:.1f}% ± {100 * sd:.1f} ({n})" for o, (m, sd, n) in spread.items()]
+    return "\n".join(lines)
+
+
+def plot(result: dict[str, Any], out: Path) -> None:
+    """accuracy-vs-size.png, paradigms.png (ID vs OOD per paradigm), curves.png (training loss per arm)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = result["arms"]
+    order = ["tiny", "small", "medium", "base"]
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    for start, marker in (("pretrained", "o"), ("scratch", "s")):
+        pts = sorted(((order.index(r["size"]), r["ood_accuracy"]) for r in rows
+                      if r["objective"] == "generative-pairwise" and r["arch"] == "qwen2_5_vl" and r["start"] == start
+                      and r["group"] in ("paradigm", "size") and r["size"] in order), key=lambda p: p[0])
+        if pts:
+            ax.plot(*zip(*pts), marker=marker, label=f"OOD, {start}")
+    ax.set_xticks(range(len(order)), order)
+    ax.set_ylabel("accuracy")
+    ax.axhline(0.5, color="grey", ls=":", lw=1)
+    ax.legend(fontsize=8)
+    ax.set_title("generative-pairwise judge vs size")
+    fig.tight_layout()
+    fig.savefig(out / "accuracy-vs-size.png", dpi=100)
+    plt.close(fig)
+
+    paradigm = [r for r in rows if r["group"] == "paradigm"]
+    fig, ax = plt.subplots(figsize=(5.5, 3.4))
+    xs = range(len(paradigm))
+    ax.bar([x - 0.2 for x in xs], [r["id_accuracy"] or 0 for r in paradigm], width=0.4, label="ID")
+    ax.bar([x + 0.2 for x in xs], [r["ood_accuracy"] or 0 for r in paradigm], width=0.4, label="OOD")
+    ax.set_xticks(list(xs), [r["objective"] for r in paradigm], rotation=15, fontsize=8)
+    ax.axhline(0.5, color="grey", ls=":", lw=1)
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "paradigms.png", dpi=100)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for r in rows:
+        pts = [(p["step"], p["loss"]) for p in r["curve"] if p.get("loss") is not None]
+        if pts:
+            ax.plot(*zip(*pts), label=r["name"], lw=1)
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss")
+    ax.set_yscale("log")
+    ax.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    fig.savefig(out / "curves.png", dpi=100)
+    plt.close(fig)

@@ -1,0 +1,56 @@
+"""`rewarddance study rm`: its arm runner on a two-arm, few-step configuration (the contract's JSON shape;
+a re-run skips finished arms) and the arm lists of the quick and full studies."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rewarddance.recipes.study_rm import FULL, OBJECTIVES, QUICK, Arm, StudySettings, arm_files, arms_for, study_rm
+
+CONTRACT = {"name", "objective", "size", "arch", "start", "context", "seed", "id_accuracy", "ood_accuracy",
+            "train_minutes", "train_steps", "pretrain_minutes"}
+
+
+def test_study_rm_two_arms_contract_and_resume(tmp_path, capsys):
+    s = StudySettings(data_n=24, data_n_test=12, steps=2, batch_size=4, quick=True)
+    arms = [Arm("paradigm-generative-pairwise", "paradigm"),
+            Arm("context-pointwise-plain", "context", objective="generative-pointwise", context="pointwise+plain",
+                overrides=["task=plain"])]
+    out = tmp_path / "study"
+    result = study_rm(out, settings=s, arms=arms)
+    on_disk = json.loads((out / "results.json").read_text())
+    assert on_disk["arms"] == result["arms"] and [r["name"] for r in on_disk["arms"]] == [a.name for a in arms]
+    for row in on_disk["arms"]:
+        assert CONTRACT <= set(row), CONTRACT - set(row)
+        assert 0.0 <= row["id_accuracy"] <= 1.0 and 0.0 <= row["ood_accuracy"] <= 1.0
+        assert row["train_steps"] == 2 and row["objective"] in OBJECTIVES
+    # the committed tiny preset's own pretraining time is reported, not counted as training
+    assert on_disk["arms"][0]["pretrain_minutes"] > 10
+    # the plain-instruction arm trained and was evaluated on rows that ask the plain question
+    train, test = arm_files(arms[1], Path(on_disk["data"]))
+    assert {json.loads(t)["task"] for t in train.read_text().splitlines()} == {"plain"}
+    assert {json.loads(t)["task"] for t in test.read_text().splitlines()} == {"plain"}
+    assert (out / "results.md").exists() and (out / "paradigms.png").exists() and (out / "curves.png").exists()
+
+    # a re-run skips finished arms: nothing is trained or evaluated again
+    log_before = (out / "study.log").read_text()
+    capsys.readouterr()
+    again = study_rm(out, settings=s, arms=arms)
+    assert (out / "study.log").read_text() == log_before
+    assert [r["id_accuracy"] for r in again["arms"]] == [r["id_accuracy"] for r in result["arms"]]
+
+
+def test_study_rm_arm_lists():
+    quick = arms_for(QUICK)
+    assert {a.objective for a in quick} == set(OBJECTIVES)  # one arm per objective...
+    pairwise_sizes = {a.size for a in quick if a.objective == "generative-pairwise"}
+    assert len(pairwise_sizes) == 2  # ...and two sizes of the pairwise judge
+    full = arms_for(FULL)
+    names = [a.name for a in full]
+    assert len(names) == len(set(names))
+    groups = {a.group for a in full}
+    assert groups == {"paradigm", "size", "family", "context", "data", "video", "seeds"}
+    assert {(a.size, a.start) for a in full if a.group in ("paradigm", "size") and a.objective ==
+            "generative-pairwise"} == {(s, st) for s in FULL.sizes for st in ("pretrained", "scratch")}
+    assert sorted(a.seed for a in full if a.objective == "clip-bt") == FULL.seeds
