@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any, Callable
 
 EXIT_OK, EXIT_ROWS_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -314,6 +315,18 @@ class UsageError(Exception):
     """Bad arguments: exit code 2."""
 
 
+def recipe_parser(sub: Any, name: str, text: str, schema: type, func: Callable, keys_note: str = "") -> Any:
+    """A recipe's subcommand: its keys listed in --help, `--config FILE` and `key=value` overrides."""
+    from .config import describe
+
+    q = sub.add_parser(name, help=text, formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog=f"keys (default, type{keys_note}):\n" + describe(schema))
+    q.add_argument("--config", help="YAML file of settings (keys below); key=value arguments override it")
+    q.add_argument("overrides", nargs="*", metavar="key=value")
+    q.set_defaults(func=func)
+    return q
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .context import LAYOUTS
     from .data.benchmarks import FORMATS as BENCHMARK_FORMATS
@@ -375,38 +388,24 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--dtype", default=None, choices=DTYPES, help="weights dtype (default: rewarddance.default_dtype)")
     q.set_defaults(func=cmd_references)
 
-    from .config import describe
     from .recipes.train_rm import TrainConfig
 
-    q = sub.add_parser("train", help="train a reward model (key=value overrides; see the keys below)",
-                       formatter_class=argparse.RawDescriptionHelpFormatter,
-                       epilog="keys (default, type):\n" + describe(TrainConfig))
-    q.add_argument("--config", help="YAML file of settings (keys below); key=value arguments override it")
-    q.add_argument("overrides", nargs="*", metavar="key=value")
-    q.set_defaults(func=cmd_train)
+    recipe_parser(sub, "train", "train a reward model (key=value overrides; see the keys below)", TrainConfig,
+                  cmd_train)
 
     from .recipes.pretrain import PretrainConfig
 
-    q = sub.add_parser("pretrain", help="pretrain <arch>-<size>-shapeworld (captions, content questions)",
-                       formatter_class=argparse.RawDescriptionHelpFormatter,
-                       epilog="keys (default, type):\n" + describe(PretrainConfig))
+    q = recipe_parser(sub, "pretrain", "pretrain <arch>-<size>-shapeworld (captions, content questions)",
+                      PretrainConfig, cmd_pretrain)
     q.add_argument("--arch", required=True, choices=ARCHS)
     q.add_argument("--size", required=True, choices=SIZES)
-    q.add_argument("--config", help="YAML file of settings; key=value arguments override it")
-    q.add_argument("overrides", nargs="*", metavar="key=value")
-    q.set_defaults(func=cmd_pretrain)
 
     from .recipes.pretrain_generator import GeneratorPretrainConfig
 
     q = sub.add_parser("generator", help="text-to-image generators for RL (ShapeWorld)")
     gsub = q.add_subparsers(dest="generator_command", required=True)
-    g = gsub.add_parser("pretrain", help="pretrain a ShapeWorld flow-matching generator on renders",
-                        formatter_class=argparse.RawDescriptionHelpFormatter,
-                        epilog="keys (default, type; model.<key> for the architecture):\n"
-                        + describe(GeneratorPretrainConfig))
-    g.add_argument("--config", help="YAML file of settings; key=value arguments override it")
-    g.add_argument("overrides", nargs="*", metavar="key=value")
-    g.set_defaults(func=cmd_generator_pretrain)
+    recipe_parser(gsub, "pretrain", "pretrain a ShapeWorld flow-matching generator on renders",
+                  GeneratorPretrainConfig, cmd_generator_pretrain, keys_note="; model.<key> for the architecture")
 
     from .recipes.grpo import GRPOConfig
     from .recipes.refl import ReFLConfig
@@ -419,11 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
             ("grpo", GRPOConfig, cmd_rl_grpo, "fine-tune a generator with GRPO (Flow-GRPO) against judges"),
             ("best-of-n", SearchConfig, cmd_rl_search, "Best-of-N with a judge, gain measured by the ground truth"),
             ("search", SearchConfig, cmd_rl_search, "search over sampling paths vs Best-of-N at equal judge calls")):
-        r = rsub.add_parser(name, help=text, formatter_class=argparse.RawDescriptionHelpFormatter,
-                            epilog="keys (default, type):\n" + describe(schema))
-        r.add_argument("--config", help="YAML file of settings; key=value arguments override it")
-        r.add_argument("overrides", nargs="*", metavar="key=value")
-        r.set_defaults(func=func)
+        recipe_parser(rsub, name, text, schema, func)
 
     q = sub.add_parser("study", help="the project's studies (bench jobs, resumable)")
     ssub = q.add_subparsers(dest="study", required=True)
@@ -440,15 +435,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .recipes.demo import DemoConfig
 
-    q = sub.add_parser("demo", help="the main job: train judges, evaluate, ReFL, Best-of-N / search, report.html",
-                       formatter_class=argparse.RawDescriptionHelpFormatter,
-                       epilog="keys (key=value):\n" + describe(DemoConfig))
+    q = recipe_parser(sub, "demo", "the main job: train judges, evaluate, ReFL, Best-of-N / search, report.html",
+                      DemoConfig, cmd_demo)
     q.add_argument("--out", help="output directory (default runs/demo)")
     q.add_argument("--quick", action="store_true", help="the <= 3-minute version (fewer pairs, steps, prompts)")
     q.add_argument("--force", action="store_true", help="redo every stage (a re-run otherwise skips finished ones)")
-    q.add_argument("--config", help="YAML file of keys")
-    q.add_argument("overrides", nargs="*", metavar="key=value")
-    q.set_defaults(func=cmd_demo)
 
     from .serve.config import ServeConfig
 

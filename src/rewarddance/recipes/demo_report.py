@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..rl.monitor import ALARMS
+from .search import gain_figure
 
 FORMATS = {
     "pct": lambda v: f"{100 * v:.1f}%",
@@ -128,31 +129,6 @@ def rl_curves(arms: list[dict[str, Any]]) -> str:
             if r == len(rows) - 1:
                 ax.set_xlabel("ReFL step", fontsize=8)
             ax.tick_params(labelsize=7)
-    fig.tight_layout()
-    return _figure_uri(fig)
-
-
-def gain_curves(search: dict[str, Any]) -> str:
-    """Checker pass rate of the judge's pick vs judge calls: Best-of-N, search over paths, pass@n."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.2, 3.2))
-    bon = search["best_of_n"]
-    ax.plot([p["judge_calls"] for p in bon], [p["gt_pass_rate"] for p in bon], marker="o", label="Best-of-N")
-    ax.plot([p["judge_calls"] for p in bon], [p["pass_at_n"] for p in bon], ls=":", color="grey",
-            label="pass@n (a perfect judge)")
-    if search.get("search"):
-        ax.plot([p["judge_calls"] for p in search["search"]], [p["gt_pass_rate"] for p in search["search"]],
-                marker="s", ls="none", markersize=7, label="search over paths")
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("judge calls per prompt")
-    ax.set_ylabel("checker pass rate")
-    ax.set_ylim(-0.02, 1.02)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
     fig.tight_layout()
     return _figure_uri(fig)
 
@@ -276,7 +252,7 @@ does not.</p><div class="scroll"><table class="grid"><tr>{header}</tr>{''.join(g
     parts.append(f"""<h2>5. Inference-time scaling with {s('search.judge', 'text')}</h2>
 <p class="sub">{s('search.prompts', 'int')} held-out prompts; the checker pass rate of the judge's pick.
 pass@n is what a perfect judge would reach with the same samples.</p>
-<img class="plot" src="{gain_curves(m['search'])}" alt="gain curves">
+<img class="plot" src="{_figure_uri(gain_figure(m['search']))}" alt="gain curves">
 <div class="scroll"><table><tr><th>method</th><th>judge calls</th><th>pass rate</th><th>pass@n</th></tr>{bon_rows}
 </table></div><div class="scroll"><table><tr><th>at equal compute</th><th>judge calls</th><th>search</th>
 <th>Best-of-N</th></tr>{cmp_rows}</table></div>""")

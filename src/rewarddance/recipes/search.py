@@ -195,8 +195,9 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
-def plot_gain(result: dict, path: Path) -> Path:
-    """Ground-truth pass rate of the pick vs judge calls (log scale), one line per method."""
+def gain_figure(result: dict) -> Any:
+    """A matplotlib figure: ground-truth pass rate of the judge's pick vs judge calls (log scale), Best-of-N,
+    pass@n (what a perfect judge would pick from the same samples) and search over paths."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -211,11 +212,20 @@ def plot_gain(result: dict, path: Path) -> Path:
         sp = result["search"]
         ax.plot([p["judge_calls"] for p in sp], [p["gt_pass_rate"] for p in sp], marker="s", label="search over paths")
     ax.set_xscale("log", base=2)
+    ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel("judge calls per prompt")
     ax.set_ylabel("ground-truth pass rate")
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=8)
     fig.tight_layout()
+    return fig
+
+
+def plot_gain(result: dict, path: Path) -> Path:
+    """gain_figure as a PNG."""
+    import matplotlib.pyplot as plt
+
+    fig = gain_figure(result)
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path

@@ -29,9 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shlex
 import shutil
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -39,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from ..models.presets import cache_root
+from .steps import cli_command, run_step
 
 
 @dataclass
@@ -77,23 +76,6 @@ QUICK = StudySettings(data_n=1000, data_n_test=200, judge_steps=120, refl_steps=
                                       "reference_candidates=2"])
 
 
-def _run(cmd: list[str], log: Path) -> None:
-    """Run one step of the study (a rewarddance command), its output appended to `log`."""
-    log.parent.mkdir(parents=True, exist_ok=True)
-    print("$ " + " ".join(shlex.quote(c) for c in cmd), file=sys.stderr, flush=True)
-    with log.open("a") as f:
-        f.write("$ " + " ".join(shlex.quote(c) for c in cmd) + "\n")
-        f.flush()
-        r = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT)
-    if r.returncode != 0:
-        tail = "".join(log.read_text().splitlines(keepends=True)[-15:])
-        raise RuntimeError(f"study step failed (exit {r.returncode}): {' '.join(cmd)}\n{tail}")
-
-
-def _cli() -> list[str]:
-    return [sys.executable, "-m", "rewarddance.cli"]
-
-
 def _key(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
@@ -113,12 +95,13 @@ def prepare_judges(s: StudySettings, log: Path) -> tuple[dict[str, Path], dict[s
     root = cache_root() / "study-rl"
     data = root / f"world-{s.data_n}-{s.data_n_test}"
     if not (data / "test.jsonl").exists():
-        _run([*_cli(), "data", "world", "--out", str(data), "--n", str(s.data_n), "--n-test", str(s.data_n_test)], log)
+        run_step([*cli_command(), "data", "world", "--out", str(data), "--n", str(s.data_n),
+                  "--n-test", str(s.data_n_test)], log)
     dirs, evals = {}, {}
     for name, overrides in judge_specs(s).items():
         out = root / f"judge-{name}-{_key(overrides, s.data_n)}"
         if not (out / "final" / "rewarddance.json").exists():
-            _run([*_cli(), "train", f"data={data / 'train.jsonl'}", f"output_dir={out}", "progress=false",
+            run_step([*cli_command(), "train", f"data={data / 'train.jsonl'}", f"output_dir={out}", "progress=false",
                   "eval_steps=100000", *overrides], log)
         dirs[name] = out / "final"
         evals[name] = evaluate_judge(dirs[name], data / "test.jsonl", log)
@@ -129,7 +112,7 @@ def evaluate_judge(judge: Path, test: Path, log: Path) -> dict:
     """Accuracy of a judge on the clean-labelled ShapeWorld test pairs (`rewarddance eval`), cached beside it."""
     out = judge.parent / "study-eval.json"
     if not out.exists():
-        _run([*_cli(), "eval", "--model", str(judge), "--data", str(test), "--json", str(out)], log)
+        run_step([*cli_command(), "eval", "--model", str(judge), "--data", str(test), "--json", str(out)], log)
     result = json.loads(out.read_text())
     splits = result.get("splits", {})
     return {"accuracy": result["overall"].get("accuracy"),
@@ -139,7 +122,7 @@ def evaluate_judge(judge: Path, test: Path, log: Path) -> dict:
 def refl_arm(name: str, judge: Path, s: StudySettings, out: Path, log: Path) -> dict:
     arm = out / name
     if not (arm / "report.json").exists():
-        _run([*_cli(), "rl", "refl", f"rm={judge}", f"output_dir={arm}", f"max_steps={s.refl_steps}",
+        run_step([*cli_command(), "rl", "refl", f"rm={judge}", f"output_dir={arm}", f"max_steps={s.refl_steps}",
               f"generator={s.generator}", f"num_steps={s.num_steps}",
               f"eval_steps={s.eval_steps}", f"eval_prompts_per_category={s.eval_prompts_per_category}",
               f"eval_seeds={s.eval_seeds}", "progress=false", *s.refl_overrides], log)
@@ -151,7 +134,7 @@ def grpo_arm(name: str, judge: Path | str, s: StudySettings, out: Path, log: Pat
     arm = out / name
     reward = "reward.checker=shapeworld" if str(judge) == "checker" else f"reward.rm={judge}"
     if not (arm / "report.json").exists():
-        _run([*_cli(), "rl", "grpo", reward, f"output_dir={arm}", f"max_steps={s.grpo_steps}",
+        run_step([*cli_command(), "rl", "grpo", reward, f"output_dir={arm}", f"max_steps={s.grpo_steps}",
               f"generator={s.generator}", f"eval_num_steps={s.num_steps}", f"eval_steps={s.eval_steps}",
               f"eval_prompts_per_category={s.eval_prompts_per_category}", f"eval_seeds={s.eval_seeds}",
               "progress=false", *s.grpo_overrides], log)
@@ -171,7 +154,7 @@ def _arm_row(name: str, judge: str, method: str, r: dict) -> dict:
 def search_arms(judge: Path, s: StudySettings, out: Path, log: Path) -> list[dict]:
     arm = out / "search"
     if not (arm / "results.json").exists():
-        _run([*_cli(), "rl", "search", f"rm={judge}", f"output_dir={arm}", f"n={s.search_n}",
+        run_step([*cli_command(), "rl", "search", f"rm={judge}", f"output_dir={arm}", f"n={s.search_n}",
               f"generator={s.generator}", f"num_steps={s.num_steps}",
               f"paths={s.search_paths}", f"eval_prompts_per_category={s.eval_prompts_per_category}",
               "progress=false"], log)

@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import json
 import math
-import shlex
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -36,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from ..models.presets import cache_root
+from .steps import cli_command, run_step
 
 OBJECTIVES = ("generative-pairwise", "generative-pointwise", "regressive-bt", "clip-bt")
 
@@ -47,7 +46,7 @@ class Arm:
     name: str
     group: str  # the study's table it belongs to: paradigm, size, family, context, data, video, seeds
     objective: str = "generative-pairwise"
-    arch: str = "qwen2_5_vl"
+    arch: str = "qwen2_5_vl"  # the preset family ("clip" for clip-bt's own dual encoder)
     size: str = "tiny"  # the preset size (clip-bt: its own config's size)
     start: str = "pretrained"  # pretrained | scratch
     context: str = "pairwise+task+cot"  # layout + instruction (+ cot): what the judge is trained with
@@ -87,8 +86,9 @@ QUICK = StudySettings(data_n=1000, data_n_test=400, steps=100, sizes=["tiny", "s
 def arms_for(s: StudySettings) -> list[Arm]:
     """The study's arms (a name appears once; an arm shared by two tables is listed in the first)."""
     contexts = {"generative-pairwise": "pairwise+task+cot", "clip-bt": "dual-encoder"}
+    clip = {"arch": "clip", "size": "small", "start": "scratch"}  # its own dual encoder, built from config
     arms = [Arm(f"paradigm-{o}", "paradigm", objective=o, context=contexts.get(o, "pointwise+task"),
-                size="small" if o == "clip-bt" else "tiny", start="scratch" if o == "clip-bt" else "pretrained")
+                **(clip if o == "clip-bt" else {}))
             for o in OBJECTIVES]
     if s.quick:
         return arms + [Arm("size-small-scratch", "size", size="small", start="scratch")]
@@ -112,26 +112,6 @@ def arms_for(s: StudySettings) -> list[Arm]:
 
 
 # ------------------------------------------------------------------ data
-def _run(cmd: list[str], log: Path) -> float:
-    """Run one step (a rewarddance command), output appended to `log`; its wall minutes."""
-    log.parent.mkdir(parents=True, exist_ok=True)
-    line = "$ " + " ".join(shlex.quote(c) for c in cmd)
-    print(line, file=sys.stderr, flush=True)
-    t0 = time.perf_counter()
-    with log.open("a") as f:
-        f.write(line + "\n")
-        f.flush()
-        r = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT)
-    if r.returncode != 0:
-        tail = "".join(log.read_text().splitlines(keepends=True)[-15:])
-        raise RuntimeError(f"study step failed (exit {r.returncode}): {' '.join(cmd)}\n{tail}")
-    return (time.perf_counter() - t0) / 60
-
-
-def _cli() -> list[str]:
-    return [sys.executable, "-m", "rewarddance.cli"]
-
-
 def _rewrite(src: Path, dst: Path, *, task: str | None = None, fraction: float = 1.0,
              only_task: str | None = None) -> Path:
     """A copy of manifest `src` beside it: its rows (those of `only_task`), the first `fraction` of them, with
@@ -154,10 +134,11 @@ def prepare_data(s: StudySettings, log: Path) -> Path:
     """ShapeWorld preference data (with video pairs unless quick), cached in the user's cache."""
     root = cache_root() / "study-rm" / f"world-{s.data_n}-{s.data_n_test}-{0 if s.quick else s.video_n}"
     if not (root / "test.jsonl").exists():
-        cmd = [*_cli(), "data", "world", "--out", str(root), "--n", str(s.data_n), "--n-test", str(s.data_n_test)]
+        cmd = [*cli_command(), "data", "world", "--out", str(root), "--n", str(s.data_n),
+               "--n-test", str(s.data_n_test)]
         if not s.quick:
             cmd += ["--video", "--n-video", str(s.video_n)]
-        _run(cmd, log)
+        run_step(cmd, log)
     return root
 
 
@@ -207,13 +188,14 @@ def run_arm(arm: Arm, s: StudySettings, data: Path, out: Path, log: Path) -> dic
     model = [] if arm.objective == "clip-bt" else [f"model={arm.model}"]
     clip = [f"clip_size={arm.size}"] if arm.objective == "clip-bt" else []
     pretrain_before = _pretrain_minutes(arm)  # committed or cached: known before training starts
-    train_minutes = _run([*_cli(), "train", f"data={train}", f"output_dir={folder / 'train'}",
+    # wall minutes of the `rewarddance train` process (start-up and data loading included)
+    train_minutes = run_step([*cli_command(), "train", f"data={train}", f"output_dir={folder / 'train'}",
                           f"objective={arm.objective}", f"max_steps={s.steps}", f"batch_size={s.batch_size}",
                           f"seed={arm.seed}", "eval_steps=1000000000", "progress=false", "tensorboard=false",
                           *model, *clip, *arm.overrides], log)
     eval_json = folder / "eval.json"
     if not eval_json.exists():
-        _run([*_cli(), "eval", "--model", str(folder / "train" / "final"), "--data", str(test), "--json",
+        run_step([*cli_command(), "eval", "--model", str(folder / "train" / "final"), "--data", str(test), "--json",
               str(eval_json)], log)
     result = json.loads(eval_json.read_text())
     splits = result.get("splits", {})
