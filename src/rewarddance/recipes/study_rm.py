@@ -218,8 +218,9 @@ def run_arm(arm: Arm, s: StudySettings, data: Path, out: Path, log: Path) -> dic
 
 # ------------------------------------------------------------------ the study
 def study_rm(out: str | Path, *, quick: bool = False, settings: StudySettings | None = None,
-             arms: list[Arm] | None = None) -> dict[str, Any]:
-    """Run (or resume) the study; returns results.json's content."""
+             arms: list[Arm] | None = None, command: str | None = None) -> dict[str, Any]:
+    """Run (or resume) the study (or `arms` of it, for probes that name their `command`); returns
+    results.json's content."""
     s = settings or (QUICK if quick else FULL)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -232,7 +233,7 @@ def study_rm(out: str | Path, *, quick: bool = False, settings: StudySettings | 
         """results.json / results.md with the arms finished so far (an interrupted study leaves a table)."""
         result = {"arms": rows, "settings": asdict(s), "data": str(data),
                   "minutes_this_run": round((time.perf_counter() - t0) / 60, 1),
-                  "command": "rewarddance study rm" + (" --quick" if quick else "") + f" --out {out}"}
+                  "command": command or "rewarddance study rm" + (" --quick" if quick else "") + f" --out {out}"}
         (out / "results.json").write_text(json.dumps(result, indent=1) + "\n")
         (out / "results.md").write_text(markdown(result) + "\n")
         return result
