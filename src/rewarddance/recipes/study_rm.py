@@ -94,10 +94,11 @@ def arms_for(s: StudySettings) -> list[Arm]:
             for o in OBJECTIVES]
     if s.quick:
         return arms + [Arm("size-small-scratch", "size", size="small", start="scratch")]
-    # arms whose start is not committed (pretrained first, which takes hours here) come last
+    # the cheap tiny arms first; then the larger sizes from scratch; last the arms whose start is not committed
+    # (pretrained first, which takes hours here): an interrupted study still leaves the most tables
+    scratch = [Arm(f"size-{size}-scratch", "size", size=size, start="scratch") for size in s.sizes]
     pretrain_first = [Arm(f"size-{size}-pretrained", "size", size=size) for size in s.sizes if size != "tiny"]
     pretrain_first.append(Arm(f"family-{s.other_family}-tiny", "family", arch=s.other_family))
-    arms += [Arm(f"size-{size}-scratch", "size", size=size, start="scratch") for size in s.sizes]
     # the context ladder: pointwise+plain -> pointwise+task (paradigm-generative-pointwise) -> pairwise+task
     # -> pairwise+task+cot (paradigm-generative-pairwise)
     arms += [Arm("context-pointwise-plain", "context", objective="generative-pointwise", context="pointwise+plain",
@@ -110,7 +111,7 @@ def arms_for(s: StudySettings) -> list[Arm]:
         for o in ("generative-pairwise", "regressive-bt", "clip-bt"):
             base = next(a for a in arms if a.name == f"paradigm-{o}")
             arms.append(replace(base, name=f"seed{seed}-{o}", group="seeds", seed=seed))
-    return arms + pretrain_first
+    return arms + scratch + pretrain_first
 
 
 # ------------------------------------------------------------------ data
