@@ -3,6 +3,7 @@ and generator; its report agrees with its metrics; a re-run skips what is finish
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -13,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from rewarddance.cli import main
-from rewarddance.recipes.demo import STAGES, Stages, _stage_keys, demo, load_demo_config
+from rewarddance.recipes.demo import STAGE_SETTINGS, STAGES, DemoConfig, Stages, _stage_keys, demo, judge_specs, \
+    load_demo_config
 from rewarddance.recipes.demo_report import format_value, lookup
 
 # the smallest settings that still exercise every stage (ID and OOD test pairs, 2 judges, ReFL with an
@@ -84,6 +86,10 @@ def test_demo_writes_report_and_metrics_that_agree(demo_run):
     search = json.loads((out / "search" / "results.json").read_text())
     assert metrics["search"]["best_of_n"] == search["best_of_n"]
     assert all(v["rationale"] is not None for v in metrics["verdicts"])
+    # checker verdicts are JSON booleans (a numpy bool once became the string "False", shown as a pass)
+    assert all(type(r["passed"]) is bool for r in metrics["references"])
+    assert all(type(v) is bool for arm in ("before", *metrics["samples"]) if arm != "prompts"
+               for v in metrics["samples"][arm])
 
     # every number on the page is a tagged metrics.json value, printed as that value
     page = (out / "report.html").read_text()
@@ -114,13 +120,15 @@ def test_demo_rerun_skips_finished_stages_and_redoes_changed_ones(demo_run, caps
     assert all(f"[{s}] finished earlier" in err for s in STAGES), err
     assert again == metrics
 
-    # a changed search budget redoes the search (and the report), nothing before it
+    # a changed search budget redoes the search (and the report), nothing else
     changed = demo(load_demo_config(True, None, [*SMALLEST, f"out={out}", "search_n=[1,3]"]), quick=True)
     err = capsys.readouterr().err
-    assert all(f"[{s}] finished earlier" in err for s in ("data", "judges", "evaluate", "rl")), err
+    assert all(f"[{s}] finished earlier" in err for s in ("data", "judges", "evaluate", "verdicts", "rl")), err
     assert "[search] done" in err and "[report] done" in err
-    assert [p["n"] for p in changed["search"]["best_of_n"]][-1] >= 3
-    assert changed["judges"] == metrics["judges"]
+    assert 3 in [p["n"] for p in changed["search"]["best_of_n"]]
+    assert changed["judges"] == metrics["judges"] and changed["rl"] == metrics["rl"]
+    # the report re-rendered from the stages' JSON records shows the same checker verdicts
+    assert changed["references"] == metrics["references"] and changed["samples"] == metrics["samples"]
 
 
 def test_stages_resume_force_and_changed_settings(tmp_path):
@@ -151,11 +159,35 @@ def test_stages_resume_force_and_changed_settings(tmp_path):
     assert seen == [False]  # other settings never resume a half-done folder
 
 
-def test_stage_keys_follow_the_settings_they_depend_on():
+def test_stage_keys_follow_the_settings_they_depend_on(tmp_path):
     base = _stage_keys(load_demo_config(True))
-    later = _stage_keys(load_demo_config(True, None, ["refl_steps=3"]))
-    assert [base[s] == later[s] for s in STAGES] == [True, True, True, False, False, False]
-    assert _stage_keys(load_demo_config(True, None, ["progress=false"])) == base
+
+    def redone(*overrides: str) -> list[str]:
+        keys = _stage_keys(load_demo_config(True, None, list(overrides)))
+        return [s for s in STAGES if keys[s] != base[s]]
+
+    assert redone("refl_steps=3") == ["rl", "report"]  # search does not read the RL stage
+    assert redone("examples=5") == ["verdicts", "report"]
+    assert redone("judge_steps=7") == ["judges", "evaluate", "verdicts", "rl", "search", "report"]
+    assert redone("progress=false") == []
+    # every setting but the output folder and the progress bars is some stage's input
+    covered = {k for keys in STAGE_SETTINGS.values() for k in keys}
+    assert {f.name for f in dataclasses.fields(DemoConfig)} - covered == {"out", "progress"}
+    # --quick's settings are a base: a config file still overrides them
+    (tmp_path / "c.yaml").write_text("judge_steps: 7\n")
+    assert load_demo_config(True, tmp_path / "c.yaml").judge_steps == 7
+    assert load_demo_config(True).judge_steps == 30
+
+
+def test_judge_names_are_unique_folder_names():
+    names = [j["name"] for j in judge_specs(DemoConfig())]
+    assert names == ["generative-pairwise-tiny", "regressive-bt-tiny", "generative-pairwise-small"]
+    same_size = [j["name"] for j in judge_specs(DemoConfig(second_size="smolvlm-tiny-shapeworld"))]
+    assert len(set(same_size)) == 3 and "generative-pairwise-smolvlm-tiny" in same_size
+    from_dir = judge_specs(DemoConfig(model="runs/my.judge/final", second_size=None))
+    assert [j["name"] for j in from_dir] == ["generative-pairwise-my-judge", "regressive-bt-my-judge"]
+    with pytest.raises(ValueError, match="second_size"):
+        judge_specs(DemoConfig(second_size="qwen2_5_vl-tiny-shapeworld"))
 
 
 def test_demo_cli_rejects_unknown_keys(capsys):

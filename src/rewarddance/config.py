@@ -126,9 +126,12 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 
 def load_config(schema: type[T], config_file: str | os.PathLike | None = None,
-                overrides: list[str] | tuple[str, ...] = ()) -> T:
-    """Defaults of `schema`, then the YAML `config_file`, then `overrides` (`key=value` strings)."""
+                overrides: list[str] | tuple[str, ...] = (), base: dict[str, Any] | None = None) -> T:
+    """Defaults of `schema`, then `base` (a named preset of keys, e.g. a recipe's --quick), then the YAML
+    `config_file`, then `overrides` (`key=value` strings)."""
     cfg = schema()
+    for k, v in (base or {}).items():
+        _set(cfg, k, v)
     if config_file is not None:
         path = Path(config_file)
         if not path.exists():

@@ -10,6 +10,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -24,6 +25,17 @@ def table_rows(result: dict[str, Any]) -> list[tuple[str, dict]]:
     if result.get("pointwise"):
         rows.append(("pointwise", result["pointwise"]))
     return rows
+
+
+def pct(value: float | None) -> str:
+    """A fraction as a percentage with one decimal; "n/a" for a missing or NaN value.
+
+        >>> pct(0.625), pct(None)
+        ('62.5%', 'n/a')
+    """
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return f"{100 * value:.1f}%"
 
 
 def _cell(value: Any) -> str:

@@ -2,20 +2,21 @@
 
     rewarddance demo [--out runs/demo] [--quick] [--force] [key=value ...]
 
-Six stages, each one call into the recipes a user runs by hand, each resumable:
+Seven stages, each one call into the recipes a user runs by hand, each resumable:
 1. `data`: ShapeWorld preference pairs with rationales (train; test = ID and OOD halves);
 2. `judges`: from the committed pretrained preset, a generative pairwise judge with CoT rationales and
    the regressive Bradley-Terry baseline on the same backbone, steps and batch (outside `--quick` also a
    second size, from scratch: only the tiny size has a committed pretrained start);
 3. `evaluate`: each judge on the test pairs (accuracy ID / OOD, with ties, position consistency,
    calibration), and each held-out prompt's reference by Best-of-N win counts under the best judge;
+   `verdicts`: the best generative judge's verdicts on test pairs with its generated rationales;
 4. `rl`: ReFL of the committed ShapeWorld generator against each judge (hacking monitor on), and the
    same held-out prompts sampled before and after, each image checked by the ShapeWorld checker;
 5. `search`: Best-of-N and search over paths with the best judge;
 6. `report`: OUT/metrics.json and OUT/report.html (one self-contained file, `demo_report.py`).
 
 A stage is finished when OUT/stages/<stage>.json exists with the key of the settings it depends on
-(its own and those of the stages before it): a re-run skips it. A stage interrupted half-way keeps
+(its own and the keys of the stages it reads, STAGE_DEPS): a re-run skips it. A stage interrupted half-way keeps
 its folder, and the recipe it calls (train, refl) resumes from its checkpoint; a stage whose settings
 changed, or every stage with `--force`, starts again from an empty folder.
 
@@ -30,6 +31,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import shutil
 import sys
 import time
@@ -40,9 +42,10 @@ from typing import Any, Callable
 
 import torch
 
-from ..config import config_dict, load_config, save_config
+from ..config import ConfigError, config_dict, load_config, save_config
+from ..evaluate.report import pct
 
-STAGES = ("data", "judges", "evaluate", "rl", "search", "report")
+STAGES = ("data", "judges", "evaluate", "verdicts", "rl", "search", "report")
 
 
 @dataclass
@@ -89,34 +92,45 @@ QUICK = {"data_n": 300, "data_n_test": 100, "judge_steps": 30, "second_size": No
          "search_n": [1, 2, 4], "search_paths": [2], "search_prompts_per_category": 2, "examples": 4,
          "grid_prompts": 8}
 
-# which settings each stage's results depend on (besides the stages before it)
-STAGE_KEYS = {
+# the settings each stage's results depend on, and the stages whose results it reads
+STAGE_SETTINGS = {
     "data": ("seed", "data_n", "data_n_test"),
     "judges": ("model", "judge_steps", "judge_batch_size", "judge_lr", "second_size", "second_size_steps"),
-    "evaluate": ("reference_candidates", "generator", "num_steps", "eval_prompts_per_category", "grid_prompts",
-                 "examples"),
+    "evaluate": ("reference_candidates", "generator", "num_steps", "eval_prompts_per_category", "grid_prompts"),
+    "verdicts": ("examples",),
     "rl": ("refl_steps", "refl_lr", "refl_prompts", "eval_seeds"),
     "search": ("search_n", "search_paths", "search_prompts_per_category"),
     "report": (),
 }
+STAGE_DEPS = {"data": (), "judges": ("data",), "evaluate": ("judges",), "verdicts": ("evaluate",),
+              "rl": ("evaluate",), "search": ("evaluate",), "report": ("verdicts", "rl", "search")}
 
 
 def load_demo_config(quick: bool, config_file: str | None = None, overrides: list[str] | tuple[str, ...] = ()
                      ) -> DemoConfig:
-    """DemoConfig from its defaults (or QUICK's), then a YAML file, then key=value overrides."""
-    base = [f"{k}={json.dumps(v)}" for k, v in QUICK.items()] if quick else []
-    return load_config(DemoConfig, config_file, [*base, *overrides])
+    """DemoConfig from its defaults, then QUICK's (with `quick`), then a YAML file, then key=value overrides."""
+    return load_config(DemoConfig, config_file, overrides, base=QUICK if quick else None)
 
 
 # ------------------------------------------------------------------ stages
 def _stage_keys(cfg: DemoConfig) -> dict[str, str]:
-    """Each stage's key: a hash of its settings and of the keys of the stages before it."""
-    keys, previous = {}, ""
-    for stage in STAGES:
-        settings = {k: getattr(cfg, k) for k in STAGE_KEYS[stage]}
-        previous = hashlib.sha256(json.dumps([previous, stage, settings], default=str).encode()).hexdigest()[:12]
-        keys[stage] = previous
+    """Each stage's key: a hash of its settings and of the keys of the stages it reads."""
+    keys: dict[str, str] = {}
+    for stage in STAGES:  # in order: a stage's dependencies come before it
+        settings = {k: getattr(cfg, k) for k in STAGE_SETTINGS[stage]}
+        parts = [stage, settings, [keys[d] for d in STAGE_DEPS[stage]]]
+        keys[stage] = hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:12]
     return keys
+
+
+def _plain(value: Any) -> Any:
+    """json.dumps' fallback: numpy scalars become Python ones (a numpy bool is not a string "True");
+    anything else is an error, not a silent str()."""
+    import numpy as np
+
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"not JSON data: {type(value).__name__}")
 
 
 def _say(text: str) -> None:
@@ -126,7 +140,7 @@ def _say(text: str) -> None:
 class Stages:
     """Runs stages once: OUT/stages/<stage>.json (key, seconds, result) marks a finished one."""
 
-    def __init__(self, out: Path, keys: dict[str, str], force: bool):
+    def __init__(self, out: Path, keys: dict[str, str], force: bool) -> None:
         self.out, self.keys, self.force = out, keys, force
         self.ran = False  # whether any stage ran (not skipped) in this invocation
         (out / "stages").mkdir(parents=True, exist_ok=True)
@@ -154,7 +168,7 @@ class Stages:
         result = fn(folder)
         record = {"key": self.keys[stage], "seconds": round(time.perf_counter() - t0, 1), "result": result}
         tmp = done.with_suffix(".tmp")
-        tmp.write_text(json.dumps(record, indent=1, default=str) + "\n")
+        tmp.write_text(json.dumps(record, indent=1, default=_plain) + "\n")
         os.replace(tmp, done)
         started.unlink()
         _say(f"[{stage}] done in {record['seconds']:.0f} s")
@@ -170,35 +184,51 @@ def stage_data(cfg: DemoConfig, folder: Path) -> dict[str, Any]:
             "train": str(folder / "train.jsonl"), "test": str(folder / "test.jsonl")}
 
 
+def _judge_model(model: str) -> tuple[str, str, str]:
+    """(label, arch, start) of a judge's starting model: a preset name or a checkpoint directory."""
+    from ..models.presets import parse_preset_name
+
+    parsed = parse_preset_name(model)
+    if parsed is not None:
+        return parsed[1], parsed[0], "pretrained" if model.endswith("-shapeworld") else "scratch"
+    path = Path(model)
+    name = path.parent.name if path.name in ("final", "best") else path.name
+    return re.sub(r"[^A-Za-z0-9_-]+", "-", name), "checkpoint", "checkpoint"  # no dots: names are metric paths
+
+
 def judge_specs(cfg: DemoConfig) -> list[dict[str, Any]]:
-    """The demo's judges: name, objective, model, size, start, steps."""
-    size = cfg.model.split("-")[1] if cfg.model.count("-") >= 1 else cfg.model
-    start = "pretrained" if cfg.model.endswith("-shapeworld") else "scratch"
-    specs = [{"name": f"generative-pairwise-{size}", "objective": "generative-pairwise", "model": cfg.model,
-              "size": size, "start": start, "steps": cfg.judge_steps},
-             {"name": f"regressive-bt-{size}", "objective": "regressive-bt", "model": cfg.model, "size": size,
-              "start": start, "steps": cfg.judge_steps}]
+    """The demo's judges: name (unique; a folder name), objective, model, size, arch, start, steps."""
+    models = [(cfg.model, "generative-pairwise", cfg.judge_steps), (cfg.model, "regressive-bt", cfg.judge_steps)]
     if cfg.second_size:
-        second = cfg.second_size.split("-")[1] if "-" in cfg.second_size else cfg.second_size
-        specs.append({"name": f"generative-pairwise-{second}", "objective": "generative-pairwise",
-                      "model": cfg.second_size, "size": second, "steps": cfg.second_size_steps,
-                      "start": "pretrained" if cfg.second_size.endswith("-shapeworld") else "scratch"})
+        models.append((cfg.second_size, "generative-pairwise", cfg.second_size_steps))
+    specs = []
+    for model, objective, steps in models:
+        size, arch, start = _judge_model(model)
+        specs.append({"name": f"{objective}-{size}", "objective": objective, "model": model, "size": size,
+                      "arch": arch, "start": start, "steps": steps})
+    if len({s["name"] for s in specs}) < len(specs):  # e.g. a second model of the same size: name the family
+        for spec in specs:
+            spec["name"] = f"{spec['objective']}-{spec['arch']}-{spec['size']}"
+    if len({s["name"] for s in specs}) < len(specs):
+        raise ConfigError(f"second_size: {cfg.second_size!r} is the judge model itself ({cfg.model!r})")
     return specs
 
 
 def stage_judges(cfg: DemoConfig, folder: Path, data: dict[str, Any]) -> dict[str, Any]:
     from .train_rm import TrainConfig, train
 
+    from ..models.checkpoint import read_checkpoint_config
+
     judges = []
     for spec in judge_specs(cfg):
-        t0 = time.perf_counter()
         final = train(TrainConfig(model=spec["model"], data=data["train"], objective=spec["objective"],
                                   output_dir=str(folder / spec["name"]), max_steps=spec["steps"],
                                   batch_size=cfg.judge_batch_size, lr=cfg.judge_lr, seed=cfg.seed,
                                   eval_steps=10**9, save_steps=max(spec["steps"] // 2, 1), tensorboard=False,
                                   progress=cfg.progress))
-        judges.append({**spec, "path": str(final), "train_steps": spec["steps"],
-                       "train_minutes": round((time.perf_counter() - t0) / 60, 2)})
+        # the run's own training minutes (summed over resumes), not this call's
+        minutes = read_checkpoint_config(final).training["minutes"]
+        judges.append({**spec, "path": str(final), "train_steps": spec["steps"], "train_minutes": minutes})
     return {"judges": judges}
 
 
@@ -214,9 +244,10 @@ def stage_evaluate(cfg: DemoConfig, folder: Path, data: dict[str, Any], judges: 
     for j in judges:
         r = evaluate(rd.load(j["path"]), [data["test"]], json_out=folder / f"{j['name']}.json", progress=cfg.progress,
                      model_name=j["name"])
-        row = {k: j[k] for k in ("name", "objective", "size", "start", "train_steps", "train_minutes")}
-        for subset, metrics in (("", r["overall"]), ("_id", r["splits"]["id"]), ("_ood", r["splits"]["ood"])):
-            row[f"accuracy{subset}"] = metrics["accuracy"]
+        row = {k: j[k] for k in ("name", "objective", "size", "arch", "start", "train_steps", "train_minutes")}
+        splits = r.get("splits", {})  # a split with no scored pair is absent: its numbers are n/a
+        for subset, metrics in (("", r["overall"]), ("_id", splits.get("id", {})), ("_ood", splits.get("ood", {}))):
+            row[f"accuracy{subset}"] = metrics.get("accuracy")
             row[f"accuracy_with_ties{subset}"] = metrics.get("accuracy_with_ties")
         row["tie_threshold"] = r["overall"].get("tie_threshold")
         row["position_consistency"] = r["overall"].get("position_consistency")
@@ -224,25 +255,32 @@ def stage_evaluate(cfg: DemoConfig, folder: Path, data: dict[str, Any], judges: 
         table.append(row)
     best = max(table, key=lambda r: r["accuracy"])
     generative = [r for r in table if r["objective"].startswith("generative")]
-    best_generative = max(generative, key=lambda r: r["accuracy"])
+    best_generative = max(generative, key=lambda r: r["accuracy"])  # the verdicts' judge: it can explain
     paths = {j["name"]: j["path"] for j in judges}
 
     # each held-out prompt's reference: Best-of-N win counts under the best judge, from the starting generator
     rm = rd.load(paths[best["name"]])
-    heldout = heldout_prompts(list(COMPOSITIONAL), cfg.eval_prompts_per_category, 1234)
-    prompts = [p for ps in heldout.values() for p in ps][:cfg.grid_prompts]
+    heldout = list(heldout_prompts(list(COMPOSITIONAL), cfg.eval_prompts_per_category, 1234).values())
+    # categories interleaved, so that a short grid still shows every kind of prompt
+    prompts = [ps[i] for i in range(max(map(len, heldout))) for ps in heldout if i < len(ps)][:cfg.grid_prompts]
     gen = load_generator(generator_path(cfg.generator))
     refs = generator_references(gen, rm, prompts, n=cfg.reference_candidates, seed=cfg.seed, num_steps=cfg.num_steps,
                                 progress=cfg.progress)
     images = torch.stack([refs[i] for i in range(len(prompts))])
     passed, _ = checker_metric(images, prompts)
     save_images(images, folder / "references")
-    references = [{"prompt": p, "image": str(folder / "references" / f"{i:03d}.png"), "passed": ok}
+    references = [{"prompt": p, "image": str(folder / "references" / f"{i:03d}.png"), "passed": bool(ok)}
                   for i, (p, ok) in enumerate(zip(prompts, passed))]
-
-    verdicts = judge_verdicts(rd.load(paths[best_generative["name"]]), data["test"], cfg.examples)
     return {"table": table, "best": best["name"], "best_generative": best_generative["name"], "paths": paths,
-            "references": references, "verdicts": verdicts, "verdicts_judge": best_generative["name"]}
+            "references": references}
+
+
+def stage_verdicts(cfg: DemoConfig, data: dict[str, Any], evaluation: dict[str, Any]) -> dict[str, Any]:
+    import rewarddance as rd
+
+    name = evaluation["best_generative"]
+    return {"judge": name, "verdicts": judge_verdicts(rd.load(evaluation["paths"][name]), data["test"],
+                                                      cfg.examples)}
 
 
 def judge_verdicts(rm: Any, test: str, n: int) -> list[dict[str, Any]]:
@@ -255,7 +293,7 @@ def judge_verdicts(rm: Any, test: str, n: int) -> list[dict[str, Any]]:
         # the pairwise layout: image 1 = the reference (a), image 2 = the candidate (b); P(yes) = P(b better)
         p_b, rationale = rm.explain(r["prompt"], str(b), reference=str(a), max_new_tokens=48)
         out.append({"id": r["id"], "prompt": r["prompt"], "split": r["split"], "image_a": str(a), "image_b": str(b),
-                    "p_b_better": p_b, "verdict": "b" if p_b > 0.5 else "a", "truth": r["label"],
+                    "p_b_better": float(p_b), "verdict": "b" if p_b > 0.5 else "a", "truth": r["label"],
                     "correct": ("b" if p_b > 0.5 else "a") == r["label"], "rationale": rationale.strip(),
                     "truth_rationale": r.get("rationale", "")})
     return out
@@ -328,29 +366,25 @@ def stage_search(cfg: DemoConfig, folder: Path, evaluation: dict[str, Any]) -> d
 
 
 # ------------------------------------------------------------------ metrics and the summary
-def _pct(x: float | None) -> str:
-    return "n/a" if x is None else f"{100 * x:.1f}%"
-
-
 def headline(m: dict[str, Any]) -> list[str]:
     """The five lines the demo ends with (also at the top of the report)."""
     judges = m["judges"]
     best = next(j for j in judges if j["name"] == m["best_judge"])
-    rl = "; ".join(f"{a['judge']} {_pct(a['gt_pass_rate_before'])} -> {_pct(a['gt_pass_rate_after'])}"
+    rl = "; ".join(f"{a['judge']} {pct(a['gt_pass_rate_before'])} -> {pct(a['gt_pass_rate_after'])}"
                    + (" (hacking alarm)" if a["hacking_flagged"] else "") for a in m["rl"])
     s = m["search"]
     bon = s["best_of_n"]
     paths = s["search_vs_best_of_n"]
-    search = "; ".join(f"search over {c['paths']} paths {_pct(c['search_gt_pass_rate'])} vs Best-of-N at the same "
-                       f"{c['judge_calls']} judge calls {_pct(c['best_of_n_gt_pass_rate'])}" for c in paths)
+    search = "; ".join(f"search over {c['paths']} paths {pct(c['search_gt_pass_rate'])} vs Best-of-N at the same "
+                       f"{c['judge_calls']} judge calls {pct(c['best_of_n_gt_pass_rate'])}" for c in paths)
     return [
         "Judges (test accuracy ID / OOD): " + "; ".join(
-            f"{j['name']} {_pct(j['accuracy_id'])} / {_pct(j['accuracy_ood'])}" for j in judges),
-        f"Best judge: {best['name']}, position consistency {_pct(best['position_consistency'])}, "
-        f"ECE {best['ece']:.3f}",
+            f"{j['name']} {pct(j['accuracy_id'])} / {pct(j['accuracy_ood'])}" for j in judges),
+        f"Best judge: {best['name']}, position consistency {pct(best['position_consistency'])}, "
+        f"ECE {'n/a' if best['ece'] is None else format(best['ece'], '.3f')}",
         f"ReFL, checker pass rate on held-out prompts before -> after: {rl}",
-        f"Best-of-N with {best['name']}: N=1 {_pct(bon[0]['gt_pass_rate'])} -> N={bon[-1]['n']} "
-        f"{_pct(bon[-1]['gt_pass_rate'])}; {search}",
+        f"Best-of-N with {best['name']}: N=1 {pct(bon[0]['gt_pass_rate'])} -> N={bon[-1]['n']} "
+        f"{pct(bon[-1]['gt_pass_rate'])}; {search}",
         f"Wall time {m['total_minutes']:.1f} min on {m['machine']['cpus']} CPU cores"
         + (f" ({m['machine']['gpu']})" if m["machine"].get("gpu") else "") + "; report: " + m["report"],
     ]
@@ -366,21 +400,23 @@ def demo(cfg: DemoConfig, *, quick: bool = False, force: bool = False) -> dict[s
     """Run (or resume) the demo; returns metrics.json's content."""
     from .demo_report import write_report
 
-    out = Path(cfg.out)
+    out = Path(cfg.out).resolve()  # the stages' records hold paths: the same from any working directory
     out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
     stages = Stages(out, _stage_keys(cfg), force)
     data = stages.run("data", lambda f: stage_data(cfg, f))
     judges = stages.run("judges", lambda f: stage_judges(cfg, f, data["result"]))
     evaluation = stages.run("evaluate", lambda f: stage_evaluate(cfg, f, data["result"], judges["result"]["judges"]))
+    verdicts = stages.run("verdicts", lambda f: stage_verdicts(cfg, data["result"], evaluation["result"]))
     rl = stages.run("rl", lambda f: stage_rl(cfg, f, evaluation["result"]))
     search = stages.run("search", lambda f: stage_search(cfg, f, evaluation["result"]))
-    records = {"data": data, "judges": judges, "evaluate": evaluation, "rl": rl, "search": search}
+    records = {"data": data, "judges": judges, "evaluate": evaluation, "verdicts": verdicts, "rl": rl,
+               "search": search}
 
     def report(folder: Path) -> dict[str, Any]:
+        save_config(cfg, out / "config.yaml")  # beside the report it describes
         metrics = collect_metrics(cfg, records, quick=quick, report=out / "report.html")
         tmp = out / "metrics.json.tmp"
-        tmp.write_text(json.dumps(metrics, indent=1, default=str) + "\n")
+        tmp.write_text(json.dumps(metrics, indent=1, default=_plain) + "\n")
         os.replace(tmp, out / "metrics.json")
         write_report(metrics, out / "report.html")
         return {"report": str(out / "report.html"), "metrics": str(out / "metrics.json")}
@@ -405,8 +441,8 @@ def collect_metrics(cfg: DemoConfig, records: dict[str, dict], *, quick: bool, r
         "judges": ev["table"],
         "best_judge": ev["best"],
         "references": ev["references"],
-        "verdicts_judge": ev["verdicts_judge"],
-        "verdicts": ev["verdicts"],
+        "verdicts_judge": records["verdicts"]["result"]["judge"],
+        "verdicts": records["verdicts"]["result"]["verdicts"],
         "rl": records["rl"]["result"]["arms"],
         "samples": records["rl"]["result"]["samples"],
         "search": records["search"]["result"],

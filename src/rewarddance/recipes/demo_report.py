@@ -19,11 +19,13 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..evaluate.report import pct
 from ..rl.monitor import ALARMS
 from .search import gain_figure
 
 FORMATS = {
-    "pct": lambda v: f"{100 * v:.1f}%",
+    "pct": pct,
+    "passfail": lambda v: "pass" if v else "fail",
     "f3": lambda v: f"{v:.3f}",
     "f1": lambda v: f"{v:.1f}",
     "int": lambda v: f"{int(v)}",
@@ -133,9 +135,10 @@ def rl_curves(arms: list[dict[str, Any]]) -> str:
     return _figure_uri(fig)
 
 
-def _image_cell(path: str, passed: bool | None, caption: str = "") -> str:
+def _image_cell(path: str, passed: bool | None = None, caption: str = "", verdict: str = "") -> str:
+    """An image, outlined green or red by the checker's verdict `passed`, whose tag `verdict` shows it."""
     cls = "" if passed is None else ("pass" if passed else "fail")
-    tag = "" if passed is None else f'<div class="tag">{"pass" if passed else "fail"}</div>'
+    tag = f'<div class="tag">{verdict}</div>' if verdict else ""
     return (f'<div class="cell {cls}"><img class="px" src="{_png(path)}" alt="{html.escape(caption)}">'
             f'{tag}{html.escape(caption)}</div>')
 
@@ -156,7 +159,7 @@ def render(metrics: dict[str, Any], report: Path) -> str:
     # said only when true of this run: every judge within a few points of a coin flip
     near_chance = ("At this budget every judge is close to chance, and so are the gains below: read them as what "
                    "the loop measures, not as what the method can do." if all(
-                       abs((j["accuracy"] or 0.5) - 0.5) < 0.1 for j in m["judges"]) else "")
+                       j["accuracy"] is not None and abs(j["accuracy"] - 0.5) < 0.1 for j in m["judges"]) else "")
     parts = [f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <meta http-equiv="Content-Security-Policy" content="default-src 'none'; img-src data:; style-src 'unsafe-inline'">
@@ -195,7 +198,8 @@ Best judge: {s('best_judge', 'text')}.</p>
 <div class="scroll"><table><tr><th>judge</th>{head}</tr>{body}</table></div>""")
 
     # references
-    refs = "".join(_image_cell(r["image"], r["passed"], r["prompt"]) for r in m["references"])
+    refs = "".join(_image_cell(r["image"], r["passed"], r["prompt"], s(f"references.{i}.passed", "passfail"))
+                   for i, r in enumerate(m["references"]))
     parts.append(f"""<h2>2. References picked by Best-of-N win counts</h2>
 <p class="sub">For each held-out prompt, {s('config.reference_candidates', 'int')} samples of the starting generator
 compared all-pairs by {s('best_judge', 'text')}; the one with most wins becomes the prompt's reference
@@ -229,8 +233,8 @@ LoRA, {s('config.refl_steps', 'int')} steps at lr {s('config.refl_lr', 'text')};
     header = "<th>prompt</th><th>before</th>" + "".join(f"<th>after ReFL vs {html.escape(j)}</th>" for j in judges)
     grid_rows = []
     for i, prompt in enumerate(m["samples"]["prompts"]):
-        cells = [_image_cell(str(root / "before" / f"{i:03d}.png"), m["samples"]["before"][i])]
-        cells += [_image_cell(str(root / j / f"{i:03d}.png"), m["samples"][j][i]) for j in judges]
+        cells = [_image_cell(str(root / arm / f"{i:03d}.png"), m["samples"][arm][i],
+                             verdict=s(f"samples.{arm}.{i}", "passfail")) for arm in ("before", *judges)]
         grid_rows.append(f"<tr><td>{s(f'samples.prompts.{i}', 'text')}</td>"
                          + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     parts.append(f"""<h2>4. The same held-out prompts before and after RL</h2>
