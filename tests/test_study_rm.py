@@ -4,6 +4,7 @@ a re-run skips finished arms) and the arm lists of the quick and full studies.""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 from rewarddance.recipes.study_rm import FULL, OBJECTIVES, QUICK, Arm, StudySettings, arm_files, arms_for, study_rm
@@ -12,7 +13,7 @@ CONTRACT = {"name", "objective", "size", "arch", "start", "context", "seed", "id
             "train_minutes", "train_steps", "pretrain_minutes"}
 
 
-def test_study_rm_two_arms_contract_and_resume(tmp_path, capsys):
+def test_study_rm_two_arms_contract_and_resume(tmp_path):
     s = StudySettings(data_n=24, data_n_test=12, steps=2, batch_size=4, quick=True)
     arms = [Arm("paradigm-generative-pairwise", "paradigm"),
             Arm("context-pointwise-plain", "context", objective="generative-pointwise", context="pointwise+plain",
@@ -35,10 +36,14 @@ def test_study_rm_two_arms_contract_and_resume(tmp_path, capsys):
 
     # a re-run skips finished arms: nothing is trained or evaluated again
     log_before = (out / "study.log").read_text()
-    capsys.readouterr()
     again = study_rm(out, settings=s, arms=arms)
     assert (out / "study.log").read_text() == log_before
     assert [r["id_accuracy"] for r in again["arms"]] == [r["id_accuracy"] for r in result["arms"]]
+
+    # other settings under the same arm names are never served the old rows or checkpoints
+    changed = study_rm(out, settings=replace(s, steps=3), arms=arms[:1])
+    assert changed["arms"][0]["train_steps"] == 3 and changed["arms"][0]["key"] != result["arms"][0]["key"]
+    assert len((out / "study.log").read_text()) > len(log_before)
 
 
 def test_study_rm_arm_lists():

@@ -25,14 +25,17 @@ Outputs: OUT/results.json, OUT/results.md (the table, mean ± std over seeds whe
 
 from __future__ import annotations
 
+import hashlib
 import json
-import math
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from ..evaluate.report import pct
+from ..models.checkpoint import read_checkpoint_config
 from ..models.presets import cache_root
 from .steps import cli_command, run_step
 
@@ -136,7 +139,7 @@ def _rewrite(src: Path, dst: Path, *, task: str | None = None, fraction: float =
 def prepare_data(s: StudySettings, log: Path) -> Path:
     """ShapeWorld preference data (with video pairs unless quick), cached in the user's cache."""
     root = cache_root() / "study-rm" / f"world-{s.data_n}-{s.data_n_test}-{0 if s.quick else s.video_n}"
-    if not (root / "test.jsonl").exists():
+    if not (root / "datasheet.md").exists():  # build_world's last file: the data are complete
         cmd = [*cli_command(), "data", "world", "--out", str(root), "--n", str(s.data_n),
                "--n-test", str(s.data_n_test)]
         if not s.quick:
@@ -157,21 +160,25 @@ def arm_files(arm: Arm, data: Path) -> tuple[Path, Path]:
         train = _rewrite(train, data / f"train-{task}.jsonl", task=task)
         test = _rewrite(test, data / f"test-{task}.jsonl", task=task)
     if arm.data_fraction < 1.0:
-        train = _rewrite(train, data / f"train-{int(100 * arm.data_fraction)}pct.jsonl", fraction=arm.data_fraction)
+        train = _rewrite(train, train.with_name(f"{train.stem}-{int(100 * arm.data_fraction)}pct.jsonl"),
+                         fraction=arm.data_fraction)
     return train, test
 
 
 # ------------------------------------------------------------------ one arm
-def _pretrain_minutes(arm: Arm) -> float | None:
-    """Pretraining time of the arm's starting preset (its pretrain_report.json), None from scratch."""
+def pretrained_start(arm: Arm, log: Path) -> float | None:
+    """Make sure the arm's pretrained preset exists (`rewarddance pretrain`, its own step, when it is neither
+    committed nor cached) and return its pretraining minutes (its pretrain_report.json); None from scratch."""
     if arm.start != "pretrained" or arm.objective == "clip-bt":
         return None
     from ..models.presets import PresetNotBuiltError, preset_path
 
     try:
-        report = preset_path(arm.model) / "pretrain_report.json"
+        path = preset_path(arm.model)
     except PresetNotBuiltError:
-        return None
+        run_step([*cli_command(), "pretrain", "--arch", arm.arch, "--size", arm.size, "progress=false"], log)
+        path = preset_path(arm.model)
+    report = path / "pretrain_report.json"
     if not report.exists():
         return None
     r = json.loads(report.read_text())
@@ -181,39 +188,49 @@ def _pretrain_minutes(arm: Arm) -> float | None:
     return round(total, 1)
 
 
+def arm_key(arm: Arm, s: StudySettings, data: Path) -> str:
+    """Everything an arm's result depends on: the arm, the steps and batch, the data."""
+    parts = [asdict(arm), s.steps, s.batch_size, str(data)]
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:12]
+
+
 def run_arm(arm: Arm, s: StudySettings, data: Path, out: Path, log: Path) -> dict[str, Any]:
-    """Train (resumable) and evaluate one arm; its results.json row (cached in OUT/arms/<name>/row.json)."""
+    """Train (resumable) and evaluate one arm; its results.json row, cached in OUT/arms/<name>/row.json
+    with the arm's key. A row or a half-done run of other settings (same name) is started again."""
     folder = out / "arms" / arm.name
-    row_file = folder / "row.json"
-    if row_file.exists():
+    row_file, started = folder / "row.json", folder / "started"
+    key = arm_key(arm, s, data)
+    if row_file.exists() and json.loads(row_file.read_text()).get("key") == key:
         return json.loads(row_file.read_text())
+    if folder.exists() and not (started.exists() and started.read_text() == key):
+        shutil.rmtree(folder)  # another setting's row, checkpoints or evaluation: never mixed into this one
+    folder.mkdir(parents=True, exist_ok=True)
+    started.write_text(key)
     train, test = arm_files(arm, data)
     model = [] if arm.objective == "clip-bt" else [f"model={arm.model}"]
     clip = [f"clip_size={arm.size}"] if arm.objective == "clip-bt" else []
-    pretrain_before = _pretrain_minutes(arm)  # committed or cached: known before training starts
-    # wall minutes of the `rewarddance train` process (start-up and data loading included)
-    train_minutes = run_step([*cli_command(), "train", f"data={train}", f"output_dir={folder / 'train'}",
-                          f"objective={arm.objective}", f"max_steps={s.steps}", f"batch_size={s.batch_size}",
-                          f"seed={arm.seed}", "eval_steps=1000000000", "progress=false", "tensorboard=false",
-                          *model, *clip, *arm.overrides], log)
+    pretrain = pretrained_start(arm, log)  # before training: its time is reported apart
+    final = folder / "train" / "final"
+    run_step([*cli_command(), "train", f"data={train}", f"output_dir={folder / 'train'}", f"objective={arm.objective}",
+              f"max_steps={s.steps}", f"batch_size={s.batch_size}", f"seed={arm.seed}", "eval_steps=1000000000",
+              "progress=false", "tensorboard=false", *model, *clip, *arm.overrides], log)
     eval_json = folder / "eval.json"
     if not eval_json.exists():
-        run_step([*cli_command(), "eval", "--model", str(folder / "train" / "final"), "--data", str(test), "--json",
-              str(eval_json)], log)
+        run_step([*cli_command(), "eval", "--model", str(final), "--data", str(test), "--json", str(eval_json)], log)
     result = json.loads(eval_json.read_text())
     splits = result.get("splits", {})
     steps = [json.loads(t) for t in (folder / "train" / "metrics.jsonl").read_text().splitlines() if t.strip()]
-    pretrain = pretrain_before if pretrain_before is not None else _pretrain_minutes(arm)
+    training = read_checkpoint_config(final).training  # the run's own minutes, summed over resumes
     row = {"name": arm.name, "group": arm.group, "objective": arm.objective, "size": arm.size, "arch": arm.arch,
            "start": arm.start, "context": arm.context, "seed": arm.seed, "data": arm.data,
            "data_fraction": arm.data_fraction,
            "id_accuracy": splits.get("id", {}).get("accuracy", result["overall"].get("accuracy")),
            "ood_accuracy": splits.get("ood", {}).get("accuracy"),
            "accuracy": result["overall"].get("accuracy"), "n_test": result["overall"].get("n"),
-           "train_minutes": round(train_minutes, 2), "train_steps": max((r["step"] for r in steps), default=0),
-           "pretrain_minutes": pretrain,
-           "curve": [{"step": r["step"], "loss": r.get("loss")} for r in steps]}
+           "train_minutes": training["minutes"], "train_steps": training["step"], "pretrain_minutes": pretrain,
+           "curve": [{"step": r["step"], "loss": r.get("loss")} for r in steps], "key": key}
     row_file.write_text(json.dumps(row, indent=1) + "\n")
+    started.unlink()
     return row
 
 
@@ -241,15 +258,12 @@ def study_rm(out: str | Path, *, quick: bool = False, settings: StudySettings | 
 
     for arm in arms if arms is not None else arms_for(s):
         rows.append(run_arm(arm, s, data, out, log))
-        print(f"[{arm.name}] ID {_pct(rows[-1]['id_accuracy'])} OOD {_pct(rows[-1]['ood_accuracy'])} "
+        print(f"[{arm.name}] ID {pct(rows[-1]['id_accuracy'])} OOD {pct(rows[-1]['ood_accuracy'])} "
               f"({rows[-1]['train_minutes']:.1f} min)", file=sys.stderr, flush=True)
         result = write()
-    plot(result, out)
+    if rows:
+        plot(result, out)
     return result
-
-
-def _pct(x: float | None) -> str:
-    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}%"
 
 
 def seed_spread(rows: list[dict[str, Any]]) -> dict[str, tuple[float, float, int]]:
@@ -273,7 +287,7 @@ def markdown(result: dict[str, Any]) -> str:
              "pretrain min |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['name']} | {r['group']} | {r['objective']} | {r['arch']} | {r['size']} | {r['start']} | "
-                     f"{r['context']} | {r['seed']} | {_pct(r['id_accuracy'])} | {_pct(r['ood_accuracy'])} | "
+                     f"{r['context']} | {r['seed']} | {pct(r['id_accuracy'])} | {pct(r['ood_accuracy'])} | "
                      f"{r['train_minutes']:.1f} | {'' if r['pretrain_minutes'] is None else r['pretrain_minutes']} |")
     spread = seed_spread(rows)
     if spread:
