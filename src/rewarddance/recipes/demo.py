@@ -20,9 +20,10 @@ A stage is finished when OUT/stages/<stage>.json exists with the key of the sett
 its folder, and the recipe it calls (train, refl) resumes from its checkpoint; a stage whose settings
 changed, or every stage with `--force`, starts again from an empty folder.
 
-    >>> from rewarddance.recipes.demo import DemoConfig, demo
-    >>> metrics = demo(DemoConfig(out="runs/demo-quick"), quick=True)   # doctest: +SKIP
-    >>> metrics["headline"][0]                                          # doctest: +SKIP
+    >>> from rewarddance.recipes.demo import demo, load_demo_config
+    >>> cfg = load_demo_config(quick=True, overrides=["out=runs/demo-quick"])   # QUICK's settings, then yours
+    >>> metrics = demo(cfg, quick=True)                                         # doctest: +SKIP
+    >>> metrics["headline"][0]                                                  # doctest: +SKIP
 """
 
 from __future__ import annotations
