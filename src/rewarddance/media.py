@@ -141,6 +141,16 @@ def _array_to_tensor(arr: np.ndarray, name: str) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
 
 
+def to_pil(image: torch.Tensor) -> Image.Image:
+    """A 3×H×W image in [0, 1] (values outside are clipped) as an 8-bit RGB PIL image; the inverse of
+    `load_image` up to rounding.
+
+        >>> to_pil(torch.zeros(3, 2, 4)).size
+        (4, 2)
+    """
+    return Image.fromarray((image.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy())
+
+
 def load_image(src: Any) -> torch.Tensor:
     """Any image source -> float tensor 3×H×W in [0, 1].
 

@@ -70,12 +70,6 @@ def _saved_options(path: Path) -> dict[str, Any]:
     return json.loads((path / OPTIONS_FILE).read_text()) if (path / OPTIONS_FILE).exists() else {}
 
 
-def _to_pil(image: Tensor) -> Any:
-    from PIL import Image
-
-    return Image.fromarray((image.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy())
-
-
 def _expand(cond: Cond, n: int) -> Cond:
     return tuple(c.expand(n, *c.shape[1:]) if c.shape[0] == 1 else c for c in cond)
 
@@ -371,11 +365,11 @@ class WanImageToVideoGenerator(WanGenerator):
     def set_condition_images(self, prompts: Sequence[str], images: Sequence[Any]) -> None:
         """Condition image of each prompt (a path, PIL image, or 3×H×W tensor in [0, 1]), used whenever that
         prompt is sampled. Prepared as the pipeline prepares its `image` argument."""
-        from ..media import load_image
+        from ..media import load_image, to_pil
 
         h, w, f = self.options["height"], self.options["width"], self.options["num_frames"]
         for prompt, image in zip(prompts, images):
-            pil = _to_pil(load_image(image))
+            pil = to_pil(load_image(image))
             pixels = self.pipe.video_processor.preprocess(pil, height=h, width=w).to(self.device, torch.float32)
             with torch.no_grad():
                 embeds = None if self.pipe.image_encoder is None else self.pipe.encode_image(pil, self.device)

@@ -45,6 +45,7 @@ import torch
 
 from ..config import ConfigError, config_dict, load_config, save_config
 from ..evaluate.report import pct
+from ..train.engine import MetricsLog
 
 STAGES = ("data", "judges", "evaluate", "verdicts", "rl", "search", "report")
 
@@ -302,12 +303,11 @@ def judge_verdicts(rm: Any, test: str, n: int) -> list[dict[str, Any]]:
 
 def save_images(images: torch.Tensor, folder: Path) -> None:
     """N×3×H×W in [0, 1] -> folder/000.png, 001.png, ..."""
-    from PIL import Image
+    from ..media import to_pil
 
     folder.mkdir(parents=True, exist_ok=True)
     for i, img in enumerate(images):
-        arr = (img.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
-        Image.fromarray(arr).save(folder / f"{i:03d}.png")
+        to_pil(img).save(folder / f"{i:03d}.png")
 
 
 def _grid(gen_dir: str, prompts: list[str], cfg: DemoConfig, folder: Path) -> list[bool]:
@@ -322,10 +322,9 @@ def _grid(gen_dir: str, prompts: list[str], cfg: DemoConfig, folder: Path) -> li
     return [bool(v) for v in checker_metric(images, prompts)[0]]
 
 
-def _curve(metrics_file: Path) -> list[dict[str, Any]]:
+def _curve(run_dir: Path) -> list[dict[str, Any]]:
     keep = ("step", "reward_mean", "reward_std_window", "diversity", "eval_diversity", "gt_pass_rate", "alarms")
-    rows = [json.loads(t) for t in metrics_file.read_text().splitlines() if t.strip()]
-    return [{k: r.get(k) for k in keep} for r in rows if "reward_mean" in r]
+    return [{k: r.get(k) for k in keep} for r in MetricsLog.read(run_dir) if "reward_mean" in r]
 
 
 def stage_rl(cfg: DemoConfig, folder: Path, evaluation: dict[str, Any]) -> dict[str, Any]:
@@ -350,7 +349,7 @@ def stage_rl(cfg: DemoConfig, folder: Path, evaluation: dict[str, Any]) -> dict[
         arms.append({"judge": name, **{k: report.get(k) for k in (
             "steps", "train_minutes", "gt_pass_rate_before", "gt_pass_rate_after", "reward_mean_before",
             "reward_mean_after", "diversity_before", "diversity_after", "reward_std_window_last", "hacking_flagged",
-            "alarms")}, "curve": _curve(out / "metrics.jsonl")})
+            "alarms")}, "curve": _curve(out)})
     return {"arms": arms, "samples": samples}
 
 

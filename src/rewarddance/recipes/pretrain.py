@@ -27,7 +27,7 @@ from ..data.training import make_pretrain_example, read_pretrain
 from ..models.checkpoint import CheckpointConfig, write_checkpoint_config
 from ..models.judge import Judge
 from ..models.presets import PRETRAINED_SUFFIX, build_preset, cache_dir, parse_preset_name, preset_path
-from ..train.engine import atomic_dir
+from ..train.engine import MetricsLog, atomic_dir
 from ..train.forward import target_exact_match
 from .train_rm import TrainConfig, train
 
@@ -108,7 +108,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
     judge = Judge.from_pretrained(final)
     report = answer_accuracy(judge, data / "pretrain-test.jsonl")
     minutes = (time.perf_counter() - t0) / 60
-    metrics = [json.loads(t) for t in (work / "run" / "metrics.jsonl").read_text().splitlines()]
+    metrics = MetricsLog.read(work / "run")
     report |= {"preset": name, "train_minutes": round(metrics[-1]["minutes"], 2), "total_minutes": round(minutes, 2),
                "steps": metrics[-1]["step"], "final_loss": round(metrics[-1]["loss"], 4),
                "parameters": sum(p.numel() for p in judge.parameters()),

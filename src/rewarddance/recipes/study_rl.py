@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from ..models.presets import cache_root
+from ..train.engine import MetricsLog
 from .steps import cli_command, run_step
 
 
@@ -245,7 +246,7 @@ def plot_curves(out: Path, arms: list[str], path: Path) -> Path | None:
     keys = ("reward_mean", "reward_std_window", "diversity", "gt_pass_rate")
     fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.2))
     for name in arms:
-        rows = [json.loads(t) for t in (out / name / "metrics.jsonl").read_text().splitlines() if t.strip()]
+        rows = MetricsLog.read(out / name)
         flagged = [r["step"] for r in rows if r.get("alarms")]
         for ax, key in zip(axes, keys):
             pts = [(r["step"], r[key]) for r in rows if r.get(key) is not None]

@@ -37,6 +37,7 @@ from typing import Any
 from ..evaluate.report import pct
 from ..models.checkpoint import read_checkpoint_config
 from ..models.presets import cache_root
+from ..train.engine import MetricsLog
 from .steps import cli_command, run_step
 
 OBJECTIVES = ("generative-pairwise", "generative-pointwise", "regressive-bt", "clip-bt")
@@ -219,7 +220,7 @@ def run_arm(arm: Arm, s: StudySettings, data: Path, out: Path, log: Path) -> dic
         run_step([*cli_command(), "eval", "--model", str(final), "--data", str(test), "--json", str(eval_json)], log)
     result = json.loads(eval_json.read_text())
     splits = result.get("splits", {})
-    steps = [json.loads(t) for t in (folder / "train" / "metrics.jsonl").read_text().splitlines() if t.strip()]
+    steps = MetricsLog.read(folder / "train")
     training = read_checkpoint_config(final).training  # the run's own minutes, summed over resumes
     row = {"name": arm.name, "group": arm.group, "objective": arm.objective, "size": arm.size, "arch": arm.arch,
            "start": arm.start, "context": arm.context, "seed": arm.seed, "data": arm.data,

@@ -32,10 +32,9 @@ from typing import Any, Sequence
 
 import httpx
 import torch
-from PIL import Image
 
 from ..context import builtin_tasks
-from ..media import MediaError, load_image
+from ..media import MediaError, load_image, to_pil
 
 API_KEY_ENV = "REWARDDANCE_API_KEY"
 _RETRYABLE = (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError)
@@ -64,7 +63,7 @@ def encode_image(x: Any) -> str:
     else:
         pixels = load_image(x).detach().float().cpu().clamp(0, 1)
         buf = io.BytesIO()
-        Image.fromarray((pixels * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()).save(buf, format="PNG")
+        to_pil(pixels).save(buf, format="PNG")
         data = buf.getvalue()
     return base64.b64encode(data).decode()
 

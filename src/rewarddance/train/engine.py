@@ -119,6 +119,12 @@ class MetricsLog:
         except json.JSONDecodeError:
             return None  # a row cut off by a kill
 
+    @staticmethod
+    def read(output_dir: str | os.PathLike) -> list[dict[str, Any]]:
+        """The rows of a run's metrics.jsonl (a row cut off by a kill is left out)."""
+        text = (Path(output_dir) / "metrics.jsonl").read_text()
+        return [r for r in (MetricsLog._parse(t) for t in text.splitlines() if t.strip()) if r is not None]
+
     def log(self, row: dict[str, Any]) -> None:
         row = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
         self._file.write(json.dumps(row) + "\n")
