@@ -242,9 +242,10 @@ def stage_evaluate(cfg: DemoConfig, folder: Path, data: dict[str, Any], judges: 
     from ..world.generation import COMPOSITIONAL, checker_metric, heldout_prompts
     from .evaluate_rm import evaluate
 
-    table = []
+    table, loaded = [], {}
     for j in judges:
-        r = evaluate(rd.load(j["path"]), [data["test"]], json_out=folder / f"{j['name']}.json", progress=cfg.progress,
+        loaded[j["name"]] = rd.load(j["path"])
+        r = evaluate(loaded[j["name"]], [data["test"]], json_out=folder / f"{j['name']}.json", progress=cfg.progress,
                      model_name=j["name"])
         row = {k: j[k] for k in ("name", "objective", "size", "arch", "start", "train_steps", "train_minutes")}
         splits = r.get("splits", {})  # a split with no scored pair is absent: its numbers are n/a
@@ -261,7 +262,7 @@ def stage_evaluate(cfg: DemoConfig, folder: Path, data: dict[str, Any], judges: 
     paths = {j["name"]: j["path"] for j in judges}
 
     # each held-out prompt's reference: Best-of-N win counts under the best judge, from the starting generator
-    rm = rd.load(paths[best["name"]])
+    rm = loaded[best["name"]]
     heldout = list(heldout_prompts(list(COMPOSITIONAL), cfg.eval_prompts_per_category, 1234).values())
     # categories interleaved, so that a short grid still shows every kind of prompt
     prompts = [ps[i] for i in range(max(map(len, heldout))) for ps in heldout if i < len(ps)][:cfg.grid_prompts]
