@@ -495,7 +495,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return args.func(args)
+        code = args.func(args)
+        if "torch.distributed" in sys.modules:  # a command run under torchrun may have joined a process group
+            from .evaluate.scoring import close_distributed
+
+            close_distributed()  # only after success: a rank that failed exits and torchrun stops the others
+        return code
     except UsageError as e:
         print(f"rewarddance {args.command}: error: {e}", file=sys.stderr)
         return EXIT_USAGE

@@ -82,6 +82,17 @@ def shard_info() -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
+def close_distributed() -> None:
+    """Leave the process group together: every rank waits for the others, then destroys it. A rank that
+    ends while its gloo group is alive (e.g. a non-main rank returning while rank 0 still saves) can
+    abort at interpreter exit ("terminate called without an active exception"), failing the launch."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def _barrier(world: int) -> None:
     if world > 1:
         import torch.distributed as dist
