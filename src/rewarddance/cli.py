@@ -271,7 +271,8 @@ def cmd_study_rl(args: argparse.Namespace) -> int:
 def cmd_study_rm(args: argparse.Namespace) -> int:
     from .recipes.study_rm import markdown, study_rm
 
-    print(markdown(study_rm(args.out, quick=args.quick)))
+    only = {name.strip() for name in args.arms.split(",") if name.strip()} if args.arms else None
+    print(markdown(study_rm(args.out, quick=args.quick, only=only)))
     return EXIT_OK
 
 
@@ -431,6 +432,9 @@ def build_parser() -> argparse.ArgumentParser:
     sm = ssub.add_parser("rm", help="the reward-model study: paradigms, sizes, context, data, video (Tables 2, 7-9)")
     sm.add_argument("--out", required=True, help="output directory (results.json, results.md, plots, arms/)")
     sm.add_argument("--quick", action="store_true", help="the <= 15-minute version (committed presets, 5 arms)")
+    sm.add_argument("--arms", default=None, metavar="NAME,NAME",
+                    help="run only these arms; the other arms' finished rows stay in the table, unfinished ones are "
+                         "left out")
     sm.set_defaults(func=cmd_study_rm)
 
     from .recipes.demo import DemoConfig

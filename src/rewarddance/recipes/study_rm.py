@@ -81,12 +81,18 @@ class StudySettings:
     other_family: str = "smolvlm"
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     fractions: list[float] = field(default_factory=lambda: [0.25, 0.5, 1.0])
+    # reference quality: per held-out prompt of each compositional category, `ref_pool` generator samples to
+    # choose the reference from and `ref_ranked` others for the judge to rank against it
+    ref_prompts_per_category: int = 12
+    ref_pool: int = 4
+    ref_ranked: int = 6
+    generator: str = "shapeworld-flow"
     quick: bool = False
 
 
 FULL = StudySettings()
 QUICK = StudySettings(data_n=1000, data_n_test=400, steps=100, sizes=["tiny", "small"], seeds=[0], fractions=[1.0],
-                      quick=True)
+                      ref_prompts_per_category=6, quick=True)
 
 
 def arms_for(s: StudySettings) -> list[Arm]:
@@ -101,8 +107,9 @@ def arms_for(s: StudySettings) -> list[Arm]:
     # the cheap tiny arms first; then the larger sizes from scratch; last the arms whose start is not committed
     # (pretrained first, which takes hours here): an interrupted study still leaves the most tables
     scratch = [Arm(f"size-{size}-scratch", "size", size=size, start="scratch") for size in s.sizes]
-    pretrain_first = [Arm(f"size-{size}-pretrained", "size", size=size) for size in s.sizes if size != "tiny"]
-    pretrain_first.append(Arm(f"family-{s.other_family}-tiny", "family", arch=s.other_family))
+    # the family arm's tiny preset pretrains in about half an hour; the larger sizes take hours, so they come last
+    pretrain_first = [Arm(f"family-{s.other_family}-tiny", "family", arch=s.other_family)]
+    pretrain_first += [Arm(f"size-{size}-pretrained", "size", size=size) for size in s.sizes if size != "tiny"]
     # the context ladder: pointwise+plain -> pointwise+task (paradigm-generative-pointwise) -> pairwise+task
     # -> pairwise+task+cot (paradigm-generative-pairwise)
     arms += [Arm("context-pointwise-plain", "context", objective="generative-pointwise", context="pointwise+plain",
@@ -195,14 +202,24 @@ def arm_key(arm: Arm, s: StudySettings, data: Path) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:12]
 
 
+def finished_row(arm: Arm, s: StudySettings, data: Path, out: Path) -> dict[str, Any] | None:
+    """The arm's row from an earlier run of the same settings, else None."""
+    row_file = out / "arms" / arm.name / "row.json"
+    if row_file.exists():
+        row = json.loads(row_file.read_text())
+        if row.get("key") == arm_key(arm, s, data):
+            return row
+    return None
+
+
 def run_arm(arm: Arm, s: StudySettings, data: Path, out: Path, log: Path) -> dict[str, Any]:
     """Train (resumable) and evaluate one arm; its results.json row, cached in OUT/arms/<name>/row.json
     with the arm's key. A row or a half-done run of other settings (same name) is started again."""
     folder = out / "arms" / arm.name
     row_file, started = folder / "row.json", folder / "started"
     key = arm_key(arm, s, data)
-    if row_file.exists() and json.loads(row_file.read_text()).get("key") == key:
-        return json.loads(row_file.read_text())
+    if (row := finished_row(arm, s, data, out)) is not None:
+        return row
     if folder.exists() and not (started.exists() and started.read_text() == key):
         shutil.rmtree(folder)  # another setting's row, checkpoints or evaluation: never mixed into this one
     folder.mkdir(parents=True, exist_ok=True)
@@ -235,11 +252,123 @@ def run_arm(arm: Arm, s: StudySettings, data: Path, out: Path, log: Path) -> dic
     return row
 
 
+# ------------------------------------------------------------------ reference quality (paper Table 8's point)
+REFERENCE_CHOICES = ("best-of-n", "random", "checker-best")
+REFERENCE_JUDGE = "paradigm-generative-pairwise"  # the arm whose judge the reference-quality table measures
+
+
+def reference_candidates(s: StudySettings, folder: Path) -> tuple[Path, Path]:
+    """(pool.jsonl, ranked.jsonl) in `folder`: for held-out compositional prompts, `s.ref_pool` samples of the
+    committed generator to choose each prompt's reference from, and `s.ref_ranked` other samples to rank. Rows
+    are `{"id", "prompt", "image", "checker_score"}` (the fraction of the prompt's constraints that hold)."""
+    import torch
+
+    from ..generators import generator_path, load_generator
+    from ..media import to_pil
+    from ..world.generation import COMPOSITIONAL, checker_metric, heldout_prompts
+
+    pool, ranked = folder / "pool.jsonl", folder / "ranked.jsonl"
+    if ranked.exists():  # written last: the candidates are complete
+        return pool, ranked
+    prompts = [p for ps in heldout_prompts(COMPOSITIONAL, s.ref_prompts_per_category, seed=777).values() for p in ps]
+    gen = load_generator(generator_path(s.generator))
+    n = s.ref_pool + s.ref_ranked
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    rows: dict[str, list[dict[str, Any]]] = {"pool": [], "ranked": []}
+    for i, prompt in enumerate(prompts):
+        with torch.no_grad():  # seeds fixed by the prompt's index: the same candidates on every run
+            images = gen.sample([prompt] * n, seeds=[50_000 + i * n + j for j in range(n)]).images
+        _, scores = checker_metric(images, [prompt] * n)
+        for j, (image, score) in enumerate(zip(images, scores)):
+            name = f"images/{i:03d}-{j}.png"
+            to_pil(image).save(folder / name)
+            rows["pool" if j < s.ref_pool else "ranked"].append(
+                {"id": f"{i:03d}-{j}", "prompt": prompt, "image": name, "checker_score": score})
+    for path, part in ((pool, rows["pool"]), (ranked, rows["ranked"])):
+        path.write_text("".join(json.dumps(r) + "\n" for r in part))
+    return pool, ranked
+
+
+def ranking_accuracy(rewards: list[float], truth: list[float], prompts: list[str]) -> tuple[float | None, int]:
+    """(accuracy, pairs): over pairs of candidates of the same prompt whose checker scores differ, how often the
+    judge's reward puts the better one first (a tie in reward counts half)."""
+    hits, pairs = 0.0, 0
+    for i in range(len(rewards)):
+        for j in range(i + 1, len(rewards)):
+            if prompts[i] != prompts[j] or truth[i] == truth[j]:
+                continue
+            pairs += 1
+            better, worse = (i, j) if truth[i] > truth[j] else (j, i)
+            hits += 1.0 if rewards[better] > rewards[worse] else 0.5 if rewards[better] == rewards[worse] else 0.0
+    return (hits / pairs if pairs else None), pairs
+
+
+def run_reference_quality(judge: dict[str, Any], s: StudySettings, out: Path, log: Path) -> dict[str, Any]:
+    """The pairwise judge `judge` (a finished arm's row) ranks each held-out prompt's candidates by P(candidate
+    beats the reference), the reference chosen three ways from the same pool: Best-of-N win counts under the
+    judge (`rewarddance references`), a random pool sample, and the pool sample the checker scores best (what
+    a perfect choice would give). Candidates are scored by `rewarddance score`. Cached under the judge's key."""
+    import numpy as np
+
+    folder = out / "reference-quality"
+    key = hashlib.sha256(json.dumps([judge["key"], asdict(s)], sort_keys=True).encode()).hexdigest()[:12]
+    result_file = folder / "result.json"
+    if result_file.exists() and json.loads(result_file.read_text()).get("key") == key:
+        return json.loads(result_file.read_text())
+    if folder.exists() and not ((folder / "started").exists() and (folder / "started").read_text() == key):
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "started").write_text(key)
+    model = str(out / "arms" / judge["name"] / "train" / "final")
+    pool_file, ranked_file = reference_candidates(s, folder)
+    pool = [json.loads(t) for t in pool_file.read_text().splitlines()]
+    ranked = [json.loads(t) for t in ranked_file.read_text().splitlines()]
+    by_prompt: dict[str, list[dict[str, Any]]] = {}
+    for row in pool:
+        by_prompt.setdefault(row["prompt"], []).append(row)
+
+    bon_file = folder / "references-best-of-n.jsonl"
+    if not bon_file.exists():
+        run_step([*cli_command(), "references", "--model", model, "--input", str(pool_file), "--out", str(bon_file)],
+                 log)
+    rng = np.random.default_rng(0)
+    chosen = {"best-of-n": {r["prompt"]: r["candidate"] for r in map(json.loads, bon_file.read_text().splitlines())},
+              "random": {p: rows[int(rng.integers(len(rows)))]["id"] for p, rows in by_prompt.items()},
+              "checker-best": {p: max(rows, key=lambda r: r["checker_score"])["id"] for p, rows in by_prompt.items()}}
+    pool_by_id = {r["id"]: r for r in pool}
+    refs = {c: {p: pool_by_id[i] for p, i in chosen[c].items()} for c in REFERENCE_CHOICES}
+    rows_file, scores_file = folder / "rank.jsonl", folder / "scores.jsonl"  # one scoring run for every choice
+    rows_file.write_text("".join(json.dumps({"id": f"{c}/{r['id']}", "prompt": r["prompt"], "image": r["image"],
+                                             "reference": refs[c][r["prompt"]]["image"]}) + "\n"
+                                 for c in REFERENCE_CHOICES for r in ranked))
+    run_step([*cli_command(), "score", "--model", model, "--input", str(rows_file), "--output", str(scores_file)], log)
+    reward = {r["id"]: r["reward"] for r in map(json.loads, scores_file.read_text().splitlines()) if "reward" in r}
+    choices = {}
+    for c in REFERENCE_CHOICES:
+        scored = [r for r in ranked if f"{c}/{r['id']}" in reward]  # a row that failed is in the log, not in pairs
+        acc, pairs = ranking_accuracy([reward[f"{c}/{r['id']}"] for r in scored], [r["checker_score"] for r in scored],
+                                      [r["prompt"] for r in scored])
+        choices[c] = {"ranking_accuracy": acc, "pairs": pairs,
+                      "reference_checker_score": float(np.mean([r["checker_score"] for r in refs[c].values()])),
+                      "reference_pass_rate": float(np.mean([r["checker_score"] == 1.0 for r in refs[c].values()]))}
+    result = {"judge": judge["name"], "prompts": len(by_prompt), "pool": s.ref_pool, "ranked": s.ref_ranked,
+              "generator": s.generator, "choices": choices, "key": key}
+    result_file.write_text(json.dumps(result, indent=1) + "\n")
+    (folder / "started").unlink()
+    return result
+
+
 # ------------------------------------------------------------------ the study
 def study_rm(out: str | Path, *, quick: bool = False, settings: StudySettings | None = None,
-             arms: list[Arm] | None = None, command: str | None = None) -> dict[str, Any]:
+             arms: list[Arm] | None = None, only: set[str] | None = None, command: str | None = None
+             ) -> dict[str, Any]:
     """Run (or resume) the study (or `arms` of it, for probes that name their `command`); returns
-    results.json's content."""
+    results.json's content. With `only` (arm names), the other arms are not run: their finished rows stay in
+    the table, unfinished ones are left out.
+
+        >>> study_rm("runs/study-rm-quick", quick=True)["arms"][0]["id_accuracy"]  # doctest: +SKIP
+        0.55
+    """
     s = settings or (QUICK if quick else FULL)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -247,24 +376,36 @@ def study_rm(out: str | Path, *, quick: bool = False, settings: StudySettings | 
     t0 = time.perf_counter()
     data = prepare_data(s, log)
     rows: list[dict[str, Any]] = []
+    reference: dict[str, Any] | None = None
 
     def write() -> dict[str, Any]:
         """results.json / results.md with the arms finished so far (an interrupted study leaves a table)."""
-        result = {"arms": rows, "settings": asdict(s), "data": str(data),
+        result = {"arms": rows, "reference_quality": reference, "settings": asdict(s), "data": str(data),
                   "minutes_this_run": round((time.perf_counter() - t0) / 60, 1),
                   "command": command or "rewarddance study rm" + (" --quick" if quick else "") + f" --out {out}"}
         (out / "results.json").write_text(json.dumps(result, indent=1) + "\n")
         (out / "results.md").write_text(markdown(result) + "\n")
         return result
 
-    for arm in arms if arms is not None else arms_for(s):
-        rows.append(run_arm(arm, s, data, out, log))
-        print(f"[{arm.name}] ID {pct(rows[-1]['id_accuracy'])} OOD {pct(rows[-1]['ood_accuracy'])} "
-              f"({rows[-1]['train_minutes']:.1f} min)", file=sys.stderr, flush=True)
+    todo = arms if arms is not None else arms_for(s)
+    if only is not None and (unknown := only - {a.name for a in todo}):
+        raise ValueError(f"--arms: no arm named {', '.join(sorted(unknown))} in this study")
+    for arm in todo:
+        if only is None or arm.name in only:
+            row = run_arm(arm, s, data, out, log)
+            print(f"[{arm.name}] ID {pct(row['id_accuracy'])} OOD {pct(row['ood_accuracy'])} "
+                  f"({row['train_minutes']:.1f} min)", file=sys.stderr, flush=True)
+        elif (row := finished_row(arm, s, data, out)) is None:
+            continue
+        rows.append(row)
         result = write()
+        if arm.name == REFERENCE_JUDGE:  # this judge also ranks generator samples against references (cached)
+            reference = run_reference_quality(row, s, out, log)
+            result = write()
     if rows:
         plot(result, out)
-    return result
+        return result
+    return write()
 
 
 def seed_spread(rows: list[dict[str, Any]]) -> dict[str, tuple[float, float, int]]:
@@ -294,6 +435,16 @@ def markdown(result: dict[str, Any]) -> str:
     if spread:
         lines += ["", "OOD accuracy over seeds (mean ± std, n):"]
         lines += [f"- {o}: {100 * m:.1f}% ± {100 * sd:.1f} ({n})" for o, (m, sd, n) in spread.items()]
+    ref = result.get("reference_quality")
+    if ref:
+        lines += ["", f"Reference quality: `{ref['judge']}` ranks {ref['ranked']} generator samples per held-out "
+                  f"prompt ({ref['prompts']} prompts) by P(sample beats the reference), the reference picked from "
+                  f"{ref['pool']} other samples. Ranking accuracy = share of same-prompt pairs with different checker "
+                  "scores that the judge orders right.", "",
+                  "| reference | ranking accuracy | pairs | reference checker score | reference pass rate |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {c} | {pct(v['ranking_accuracy'])} | {v['pairs']} | {v['reference_checker_score']:.2f} | "
+                  f"{pct(v['reference_pass_rate'])} |" for c, v in ref["choices"].items()]
     return "\n".join(lines)
 
 
@@ -316,7 +467,8 @@ def plot(result: dict[str, Any], out: Path) -> None:
     ax.set_xticks(range(len(order)), order)
     ax.set_ylabel("accuracy")
     ax.axhline(0.5, color="grey", ls=":", lw=1)
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:  # a table without pairwise size arms has no line to name
+        ax.legend(fontsize=8)
     ax.set_title("generative-pairwise judge vs size")
     fig.tight_layout()
     fig.savefig(out / "accuracy-vs-size.png", dpi=100)
