@@ -12,6 +12,9 @@
    through the candidates; `RewardModel.reward_fn` with the fast path) vs the plain differentiable
    reward (`fast=False`: one full forward per (reference, candidate) sequence), forward + backward
    to the pixels, at the `base` preset (random weights, built offline) with K = 1 reference.
+3. The judge's layer checkpointing (ReFL's `rm_gradient_checkpointing`: `reward_fn(checkpointing=True)`)
+   vs the plain differentiable reward it runs on: time and peak memory of forward + backward at the
+   `base` preset, each in its own process (peak RSS growth, as in 1).
 
     python bench/refl.py                 # ~5 minutes on 2 CPU cores
     python bench/refl.py --quick         # smaller batch, fewer repeats
@@ -128,6 +131,36 @@ def run_variant(variant: str, batch: int, steps: int, k: int, repeats: int) -> d
             "batch": batch, "steps": steps, "k": k}
 
 
+def reward_memory(variant: str, batch: int, repeats: int, preset: str) -> dict:
+    """One process: the plain differentiable reward's forward + backward, with the judge's layers
+    checkpointed or not (`variant` "reward-checkpointed" / "reward-plain"): time and peak RSS growth."""
+    import rewarddance as rd
+
+    rm = rd.load(preset, dtype=torch.float32, layout="pairwise", fast=False)
+    rm.judge.requires_grad_(False).eval()
+    fn = rm.reward_fn(checkpointing=variant == "reward-checkpointed")
+    g = torch.Generator().manual_seed(0)
+    x, ref = torch.rand(batch, 3, 64, 64, generator=g), torch.rand(3, 64, 64, generator=g)
+
+    def once() -> float:
+        xi = x.clone().requires_grad_(True)
+        r = fn(xi, "a blue star above a green ring", references=[ref] * batch)
+        r.sum().backward()
+        return float(r.sum())
+
+    once()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        once()
+        times.append(time.perf_counter() - t)
+    base = _rss_mb()
+    reset = _rss_reset()
+    total = once()
+    return {"variant": variant, "time_s": statistics.median(times), "times": times, "reward_sum": total,
+            "peak_growth_mb": _hwm_mb() - base if reset else None, "preset": preset, "batch": batch}
+
+
 def reward_speed(batch: int, repeats: int, preset: str) -> dict:
     """Forward + backward of the differentiable reward: prefix-cached vs plain, K = 1 reference."""
     import rewarddance as rd
@@ -179,7 +212,10 @@ def main() -> None:
     if args.quick:
         args.batch, args.repeats = 4, 2
     if args.variant:  # a child process: one variant, JSON on stdout
-        print(json.dumps(run_variant(args.variant, args.batch, args.steps, args.k, args.repeats)))
+        if args.variant.startswith("reward-"):
+            print(json.dumps(reward_memory(args.variant, args.batch, args.repeats, args.preset)))
+        else:
+            print(json.dumps(run_variant(args.variant, args.batch, args.steps, args.k, args.repeats)))
         return
 
     results = {"threads": torch.get_num_threads(), "cpu_count": os.cpu_count()}
@@ -194,6 +230,15 @@ def main() -> None:
     if refl["peak_growth_mb"] and chain["peak_growth_mb"]:
         results["chain_vs_refl_peak_memory"] = chain["peak_growth_mb"] / refl["peak_growth_mb"]
     results["reward"] = reward_speed(args.batch, args.repeats, args.preset)
+    for variant in ("reward-plain", "reward-checkpointed"):
+        cmd = [sys.executable, __file__, "--variant", variant, "--batch", str(args.batch), "--repeats",
+               str(args.repeats), "--preset", args.preset]
+        r = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        results[variant] = json.loads(r.stdout.strip().splitlines()[-1])
+    plain_r, ckpt_r = results["reward-plain"], results["reward-checkpointed"]
+    results["checkpointed_vs_plain_time"] = ckpt_r["time_s"] / plain_r["time_s"]
+    if plain_r["peak_growth_mb"] and ckpt_r["peak_growth_mb"]:
+        results["plain_vs_checkpointed_peak_memory"] = plain_r["peak_growth_mb"] / ckpt_r["peak_growth_mb"]
 
     print(f"ReFL step vs full-chain backpropagation (ShapeWorld generator 1.7M + LoRA r=8, tiny judge; "
           f"batch {args.batch}, {args.steps} steps, ReFL gradient step k={args.k}; {results['threads']} threads)")
@@ -210,6 +255,16 @@ def main() -> None:
     print(f"plain {rw['plain_s']:.3f} s, prefix-cached {rw['cached_s']:.3f} s: {rw['speedup']:.2f}x "
           f"(max |reward difference| {rw['max_reward_difference']:.1e}, max relative gradient difference "
           f"{rw['max_relative_gradient_difference']:.1e})")
+    print(f"\nthe judge's layer checkpointing (plain differentiable reward, {plain_r['preset']}, batch "
+          f"{plain_r['batch']}), forward + backward:")
+    print(f"{'variant':<20} {'time (s)':>9} {'peak RSS growth (MB)':>21}")
+    for v in (plain_r, ckpt_r):
+        peak = "n/a" if v["peak_growth_mb"] is None else f"{v['peak_growth_mb']:.0f}"
+        print(f"{v['variant']:<20} {v['time_s']:>9.2f} {peak:>21}")
+    print(f"checkpointed / plain: time {results['checkpointed_vs_plain_time']:.2f}x"
+          + (f"; plain / checkpointed peak RSS growth {results['plain_vs_checkpointed_peak_memory']:.1f}x"
+             if "plain_vs_checkpointed_peak_memory" in results else "")
+          + f" (reward sums {plain_r['reward_sum']:.6f} / {ckpt_r['reward_sum']:.6f})")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")

@@ -23,6 +23,8 @@ Example:
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -70,6 +72,23 @@ def last_positions(attention_mask: torch.Tensor) -> torch.Tensor:
     return length - 1 - attention_mask.flip(1).int().argmax(1)
 
 
+def enable_layer_checkpointing(model: nn.Module) -> None:
+    """Hugging Face activation checkpointing on `model`'s transformer layers (non-reentrant), through
+    `activation_checkpointing_enable` where transformers has it, else its older name."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+def disable_layer_checkpointing(model: nn.Module) -> None:
+    if hasattr(model, "activation_checkpointing_disable"):
+        model.activation_checkpointing_disable()
+    else:
+        model.gradient_checkpointing_disable()
+
+
 def unwrap(module: nn.Module) -> nn.Module:
     """The Hugging Face model inside DDP / FSDP (`.module`), torch.compile (`._orig_mod`) and
     peft (`get_base_model()`) wrappers; peft's adapters stay injected in its layers."""
@@ -106,6 +125,39 @@ class JudgeModule(nn.Module):
     def state(self) -> tuple:
         """Changes whenever the weights, dtype or device change."""
         return weights_state(self)
+
+    @contextmanager
+    def layer_checkpointing(self) -> Iterator[list[nn.Module]]:
+        """Inside, every transformer layer of the backbone (language model and vision tower) keeps only its
+        input in the forward pass and recomputes its activations in the backward pass: less memory when
+        gradients flow through a frozen judge to its pixels (ReFL), for about one more forward pass.
+
+        Transformers checkpoints a layer only while the layer is in training mode, so only the layers' own
+        `training` flags are set, not their submodules' (dropout stays off); everything is restored on exit.
+        Checkpointed layers cannot extend a KV cache: score through the plain path (no shared prefix).
+        Yields the checkpointed layers.
+
+            >>> with judge.layer_checkpointing():                              # doctest: +SKIP
+            ...     judge.rewards(contexts).sum().backward()
+        """
+        from transformers.modeling_layers import GradientCheckpointingLayer
+
+        model = self.backbone
+        layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+        if not layers:
+            raise ValueError(f"{type(model).__name__} has no checkpointable transformer layers")
+        was_on = [m.gradient_checkpointing for m in layers]
+        was_training = [m.training for m in layers]
+        enable_layer_checkpointing(model)
+        for m in layers:
+            m.training = True
+        try:
+            yield layers
+        finally:
+            for m, training in zip(layers, was_training):
+                m.training = training
+            if not any(was_on):
+                disable_layer_checkpointing(model)
 
 
 class Judge(JudgeModule):

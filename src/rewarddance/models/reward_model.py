@@ -301,7 +301,8 @@ class RewardModel:
             wins = self.win_matrix(prompt, images, task=task, condition=condition).sum(dim=1)
         return torch.argsort(wins, descending=True, stable=True).tolist()
 
-    def reward_fn(self, task: str | None = None, *, raw: bool = False) -> Callable[..., torch.Tensor]:
+    def reward_fn(self, task: str | None = None, *, raw: bool = False,
+                  checkpointing: bool = False) -> Callable[..., torch.Tensor]:
         """A differentiable reward for ReFL: fn(images, prompts, references=None) -> tensor of shape B.
 
         `images`: float B×3×H×W (or B×T×3×H×W video) in [0, 1]; gradients flow back to them
@@ -312,6 +313,9 @@ class RewardModel:
         frames), candidates that share a prompt and reference are scored against that prefix's
         cached keys/values and only their own tokens are differentiated (`PrefixScorer.
         differentiable_scores`); the values and gradients equal the plain path's (tested).
+        `checkpointing=True` recomputes the judge's layer activations in the backward pass instead of
+        keeping them (`Judge.layer_checkpointing`: less memory, one more forward); it scores through the
+        plain path, since checkpointed layers cannot extend the prefix's KV cache.
 
             >>> fn = rd.load("qwen2_5_vl-tiny-shapeworld").reward_fn()       # doctest: +SKIP
             >>> x = torch.rand(2, 3, 32, 32, requires_grad=True)               # doctest: +SKIP
@@ -323,7 +327,11 @@ class RewardModel:
                 raise MediaError("reward_fn: images must be a float tensor B×3×H×W or B×T×3×H×W in [0, 1]")
             refs = list(references) if isinstance(references, torch.Tensor) else references
             task_obj, items = self.load_items(prompts, list(images), references=refs, conditions=conditions, task=task)
-            scores = self._differentiable_scores(task_obj, items)
+            if checkpointing:
+                with self.judge.layer_checkpointing():
+                    scores = self.judge.answer_logits(self.judge.encode([self._context(task_obj, it) for it in items]))
+            else:
+                scores = self._differentiable_scores(task_obj, items)
             if raw:
                 return scores[:, 0] - scores[:, 1]
             return self.judge.reward_from_scores(scores)

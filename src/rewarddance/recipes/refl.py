@@ -86,6 +86,9 @@ class ReFLConfig:
     pretrain_batch_size: int = 16
     ema_decay: float = 0.0  # > 0: an EMA of the trainable weights evaluates and is saved as final/
     gradient_checkpointing: bool = False  # recompute the denoiser's activations in the backward pass
+    # recompute the judge's layer activations in the backward pass too; the reward then runs the plain
+    # differentiable path (checkpointed layers cannot extend the shared prefix's KV cache)
+    rm_gradient_checkpointing: bool = False
     # evaluation on fixed held-out prompts x seeds
     ground_truth: Literal["shapeworld", "none"] = "shapeworld"
     eval_steps: int = 25  # rows with gt_pass_rate: 0, eval_steps, 2 eval_steps, ..., and the last
@@ -159,7 +162,8 @@ def refl(cfg: ReFLConfig, command: str | None = None) -> Path:
     device = resolve_device(cfg.device)
     rm = load_judge(cfg.rm, None, dtype=cfg.rm_dtype, device=device)  # frozen: gradients reach the pixels only
     pairwise = rm.layout == "pairwise"
-    reward_fn = video_reward(rm.reward_fn(cfg.task), cfg.reward_frames, judge_takes_video(rm, cfg.task))
+    reward_fn = video_reward(rm.reward_fn(cfg.task, checkpointing=cfg.rm_gradient_checkpointing), cfg.reward_frames,
+                             judge_takes_video(rm, cfg.task))
 
     gen, condition_prompts = setup_generator(cfg.generator, cfg.generator_options, ground_truth=cfg.ground_truth,
                                              conditions=cfg.conditions, device=device,

@@ -32,7 +32,7 @@ from ..data.training import (NEXT_TOKEN, Batch, ExampleError, make_example, make
 from ..media import MediaError
 from ..models.checkpoint import CheckpointConfig, read_checkpoint_config, weights_file_digest, write_checkpoint_config
 from ..models.clip import ClipJudge
-from ..models.judge import Judge
+from ..models.judge import Judge, enable_layer_checkpointing
 from ..models.reward_model import RewardModel
 from ..train.engine import Checkpointer, MetricsLog, atomic_dir, rng_state, set_rng_state, step_records
 from ..train.forward import sequence_scores
@@ -196,7 +196,7 @@ def build_judge(cfg: TrainConfig, num_processes: int = 1) -> tuple[torch.nn.Modu
             if "visual" in name or "vision" in name:
                 p.requires_grad_(False)
     if cfg.gradient_checkpointing:
-        judge.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_layer_checkpointing(judge.backbone)
     if cfg.lora:
         from peft import LoraConfig, get_peft_model
 
