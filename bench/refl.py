@@ -16,7 +16,7 @@
    vs the plain differentiable reward it runs on: time and peak memory of forward + backward at the
    `base` preset, each in its own process (peak RSS growth, as in 1).
 
-    python bench/refl.py                 # ~5 minutes on 2 CPU cores
+    python bench/refl.py                 # ~6 minutes on 2 CPU cores
     python bench/refl.py --quick         # smaller batch, fewer repeats
 
 Prints a table and the ratios; `--json PATH` writes them.

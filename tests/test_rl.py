@@ -148,17 +148,26 @@ def test_refl_resumes_after_sigkill_with_identical_rows(uninterrupted, gen_dir, 
 
 def test_refl_data_parallel_two_processes_matches_one(uninterrupted, gen_dir, judges, tmp_path):
     """torchrun, 2 CPU processes (gloo): each takes half of every batch, gradients are averaged; the rows
-    equal the one-process run's. This run also checkpoints the generator's and the judge's layers (the
-    reward then takes the plain differentiable path instead of the cached prefix), which must not change
-    the rows either."""
+    equal the one-process run's."""
     out = tmp_path / "ddp"
     env = dict(os.environ, OMP_NUM_THREADS="1")
     launcher = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m")
-    cmd = [*_refl_cmd(out, gen_dir, judges["pairwise"], *launcher), "gradient_checkpointing=true",
-           "rm_gradient_checkpointing=true"]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    r = subprocess.run(_refl_cmd(out, gen_dir, judges["pairwise"], *launcher), capture_output=True, text=True,
+                       timeout=300, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     assert json.loads((out / "report.json").read_text())["processes"] == 2
+    assert_same_rows(metrics_rows(uninterrupted), metrics_rows(out), ROW_KEYS, atol=1e-4)
+
+
+def test_refl_with_layer_checkpointing_matches_the_plain_run(uninterrupted, gen_dir, judges, tmp_path):
+    """gradient_checkpointing (the generator's UNet) and rm_gradient_checkpointing (the judge's layers; the
+    reward then takes the plain differentiable path instead of the cached prefix) change memory, not results:
+    the rows equal the default run's."""
+    out = tmp_path / "checkpointed"
+    cmd = [*_refl_cmd(out, gen_dir, judges["pairwise"]), "gradient_checkpointing=true",
+           "rm_gradient_checkpointing=true"]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=300)
+    assert json.loads((out / "report.json").read_text())["config"]["rm_gradient_checkpointing"] is True
     assert_same_rows(metrics_rows(uninterrupted), metrics_rows(out), ROW_KEYS, atol=1e-4)
 
 

@@ -56,6 +56,10 @@ def test_study_rm_two_arms_contract_and_resume(tmp_path):
     again = study_rm(out, settings=s, arms=arms)
     assert (out / "study.log").read_text() == log_before
     assert [r["id_accuracy"] for r in again["arms"]] == [r["id_accuracy"] for r in result["arms"]]
+    # --arms: the other arms' finished rows, and the reference table of a finished judge, stay in the table
+    kept = study_rm(out, settings=s, arms=arms, only={"context-pointwise-plain"})
+    assert [r["name"] for r in kept["arms"]] == [a.name for a in arms]
+    assert kept["reference_quality"] == ref and (out / "study.log").read_text() == log_before
 
     # other settings under the same arm names are never served the old rows or checkpoints
     changed = study_rm(out, settings=replace(s, steps=3), arms=arms[:1])
@@ -70,6 +74,8 @@ def test_study_rm_two_arms_contract_and_resume(tmp_path):
     assert (out / "study.log").read_text() == log_before
     with pytest.raises(ValueError, match="no arm named nope"):
         study_rm(out, settings=s, arms=arms, only={"nope"})
+    with pytest.raises(ValueError, match="name at least one arm"):
+        study_rm(out, settings=s, arms=arms, only=set())
 
 
 def test_study_rm_arm_lists():

@@ -271,7 +271,7 @@ def cmd_study_rl(args: argparse.Namespace) -> int:
 def cmd_study_rm(args: argparse.Namespace) -> int:
     from .recipes.study_rm import markdown, study_rm
 
-    only = {name.strip() for name in args.arms.split(",") if name.strip()} if args.arms else None
+    only = None if args.arms is None else {name.strip() for name in args.arms.split(",") if name.strip()}
     print(markdown(study_rm(args.out, quick=args.quick, only=only)))
     return EXIT_OK
 
@@ -503,7 +503,7 @@ def main(argv: list[str] | None = None) -> int:
         if "torch.distributed" in sys.modules:  # a command run under torchrun may have joined a process group
             from .evaluate.scoring import close_distributed
 
-            close_distributed()  # only after success: a rank that failed exits and torchrun stops the others
+            close_distributed()  # not after an exception: that rank exits, and torchrun stops the others
         return code
     except UsageError as e:
         print(f"rewarddance {args.command}: error: {e}", file=sys.stderr)

@@ -25,11 +25,13 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from ..context import Context
 
@@ -73,20 +75,13 @@ def last_positions(attention_mask: torch.Tensor) -> torch.Tensor:
 
 
 def enable_layer_checkpointing(model: nn.Module) -> None:
-    """Hugging Face activation checkpointing on `model`'s transformer layers (non-reentrant), through
-    `activation_checkpointing_enable` where transformers has it, else its older name."""
+    """Hugging Face activation checkpointing on `model`'s transformer layers (non-reentrant) for training,
+    through `activation_checkpointing_enable` where transformers has it, else its older name."""
     kwargs = {"use_reentrant": False}
     if hasattr(model, "activation_checkpointing_enable"):
         model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
     else:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-
-
-def disable_layer_checkpointing(model: nn.Module) -> None:
-    if hasattr(model, "activation_checkpointing_disable"):
-        model.activation_checkpointing_disable()
-    else:
-        model.gradient_checkpointing_disable()
 
 
 def unwrap(module: nn.Module) -> nn.Module:
@@ -133,31 +128,35 @@ class JudgeModule(nn.Module):
         gradients flow through a frozen judge to its pixels (ReFL), for about one more forward pass.
 
         Transformers checkpoints a layer only while the layer is in training mode, so only the layers' own
-        `training` flags are set, not their submodules' (dropout stays off); everything is restored on exit.
-        Checkpointed layers cannot extend a KV cache: score through the plain path (no shared prefix).
-        Yields the checkpointed layers.
+        flags are set (`training`, `gradient_checkpointing` and the checkpoint function), not their
+        submodules' (dropout stays off), and each is restored on exit. The flags are set directly rather
+        than through `activation_checkpointing_enable`, which also hooks the input embeddings (a hook its
+        `disable` leaves behind). Checkpointed layers cannot extend a KV cache: score through the plain path
+        (no shared prefix). Yields the checkpointed layers.
 
             >>> with judge.layer_checkpointing():                              # doctest: +SKIP
             ...     judge.rewards(contexts).sum().backward()
         """
         from transformers.modeling_layers import GradientCheckpointingLayer
 
-        model = self.backbone
-        layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+        layers = [m for m in self.backbone.modules() if isinstance(m, GradientCheckpointingLayer)]
         if not layers:
-            raise ValueError(f"{type(model).__name__} has no checkpointable transformer layers")
-        was_on = [m.gradient_checkpointing for m in layers]
-        was_training = [m.training for m in layers]
-        enable_layer_checkpointing(model)
+            raise ValueError(f"{type(self.backbone).__name__} has no checkpointable transformer layers")
+        missing = object()
+        saved = [(m.training, m.gradient_checkpointing, m.__dict__.get("_gradient_checkpointing_func", missing))
+                 for m in layers]
         for m in layers:
-            m.training = True
+            m.training, m.gradient_checkpointing = True, True
+            m._gradient_checkpointing_func = partial(checkpoint, use_reentrant=False)
         try:
             yield layers
         finally:
-            for m, training in zip(layers, was_training):
-                m.training = training
-            if not any(was_on):
-                disable_layer_checkpointing(model)
+            for m, (training, on, func) in zip(layers, saved):
+                m.training, m.gradient_checkpointing = training, on
+                if func is missing:
+                    del m._gradient_checkpointing_func
+                else:
+                    m._gradient_checkpointing_func = func
 
 
 class Judge(JudgeModule):

@@ -329,7 +329,7 @@ class RewardModel:
             task_obj, items = self.load_items(prompts, list(images), references=refs, conditions=conditions, task=task)
             if checkpointing:
                 with self.judge.layer_checkpointing():
-                    scores = self.judge.answer_logits(self.judge.encode([self._context(task_obj, it) for it in items]))
+                    scores = self._differentiable_scores(task_obj, items, prefix=False)
             else:
                 scores = self._differentiable_scores(task_obj, items)
             if raw:
@@ -337,13 +337,13 @@ class RewardModel:
             return self.judge.reward_from_scores(scores)
         return fn
 
-    def _differentiable_scores(self, task_obj: Any, items: list[tuple]) -> torch.Tensor:
+    def _differentiable_scores(self, task_obj: Any, items: list[tuple], prefix: bool = True) -> torch.Tensor:
         """B×2 answer scores of `items` (from `load_items`) with gradients: shared-prefix groups where
-        possible, the plain path for the rest."""
+        possible (and `prefix`), the plain path for the rest."""
         rows: list[torch.Tensor | None] = [None] * len(items)
         plain = list(range(len(items)))
         scorer = self.prefix_scorer
-        if scorer is not None and not task_obj.is_video:
+        if prefix and scorer is not None and not task_obj.is_video:
             plain = [i for i, item in enumerate(items) if item[3] is not None]  # condition images: plain
             groups: dict[tuple, list[int]] = {}
             for i, (prompt, _, reference, condition) in enumerate(items):

@@ -303,6 +303,22 @@ def ranking_accuracy(rewards: list[float], truth: list[float], prompts: list[str
     return (hits / pairs if pairs else None), pairs
 
 
+def reference_key(judge: dict[str, Any], s: StudySettings) -> str:
+    """What the reference-quality table depends on: the judge arm's key and the study's settings (its
+    reference pool, candidates and generator among them)."""
+    return hashlib.sha256(json.dumps([judge["key"], asdict(s)], sort_keys=True).encode()).hexdigest()[:12]
+
+
+def finished_reference(judge: dict[str, Any], s: StudySettings, out: Path) -> dict[str, Any] | None:
+    """The reference-quality table of an earlier run for this judge and these settings, else None."""
+    result_file = out / "reference-quality" / "result.json"
+    if result_file.exists():
+        result = json.loads(result_file.read_text())
+        if result.get("key") == reference_key(judge, s):
+            return result
+    return None
+
+
 def run_reference_quality(judge: dict[str, Any], s: StudySettings, out: Path, log: Path) -> dict[str, Any]:
     """The pairwise judge `judge` (a finished arm's row) ranks each held-out prompt's candidates by P(candidate
     beats the reference), the reference chosen three ways from the same pool: Best-of-N win counts under the
@@ -311,10 +327,10 @@ def run_reference_quality(judge: dict[str, Any], s: StudySettings, out: Path, lo
     import numpy as np
 
     folder = out / "reference-quality"
-    key = hashlib.sha256(json.dumps([judge["key"], asdict(s)], sort_keys=True).encode()).hexdigest()[:12]
+    key = reference_key(judge, s)
+    if (done := finished_reference(judge, s, out)) is not None:
+        return done
     result_file = folder / "result.json"
-    if result_file.exists() and json.loads(result_file.read_text()).get("key") == key:
-        return json.loads(result_file.read_text())
     if folder.exists() and not ((folder / "started").exists() and (folder / "started").read_text() == key):
         shutil.rmtree(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -342,18 +358,20 @@ def run_reference_quality(judge: dict[str, Any], s: StudySettings, out: Path, lo
                                              "reference": refs[c][r["prompt"]]["image"]}) + "\n"
                                  for c in REFERENCE_CHOICES for r in ranked))
     run_step([*cli_command(), "score", "--model", model, "--input", str(rows_file), "--output", str(scores_file)], log)
-    reward = {r["id"]: r["reward"] for r in map(json.loads, scores_file.read_text().splitlines()) if "reward" in r}
+    # `score` exits non-zero when any row fails, and run_step raises: every row here has its reward
+    reward = {r["id"]: r["reward"] for r in map(json.loads, scores_file.read_text().splitlines())}
     choices = {}
     for c in REFERENCE_CHOICES:
-        scored = [r for r in ranked if f"{c}/{r['id']}" in reward]  # a row that failed is in the log, not in pairs
-        acc, pairs = ranking_accuracy([reward[f"{c}/{r['id']}"] for r in scored], [r["checker_score"] for r in scored],
-                                      [r["prompt"] for r in scored])
+        acc, pairs = ranking_accuracy([reward[f"{c}/{r['id']}"] for r in ranked], [r["checker_score"] for r in ranked],
+                                      [r["prompt"] for r in ranked])
         choices[c] = {"ranking_accuracy": acc, "pairs": pairs,
                       "reference_checker_score": float(np.mean([r["checker_score"] for r in refs[c].values()])),
                       "reference_pass_rate": float(np.mean([r["checker_score"] == 1.0 for r in refs[c].values()]))}
     result = {"judge": judge["name"], "prompts": len(by_prompt), "pool": s.ref_pool, "ranked": s.ref_ranked,
               "generator": s.generator, "choices": choices, "key": key}
-    result_file.write_text(json.dumps(result, indent=1) + "\n")
+    tmp = result_file.with_suffix(".tmp")  # a kill mid-write leaves no truncated result.json behind
+    tmp.write_text(json.dumps(result, indent=1) + "\n")
+    tmp.replace(result_file)
     (folder / "started").unlink()
     return result
 
@@ -370,6 +388,12 @@ def study_rm(out: str | Path, *, quick: bool = False, settings: StudySettings | 
         0.55
     """
     s = settings or (QUICK if quick else FULL)
+    todo = arms if arms is not None else arms_for(s)
+    if only is not None:
+        if not only:
+            raise ValueError("--arms: name at least one arm")
+        if unknown := only - {a.name for a in todo}:
+            raise ValueError(f"--arms: no arm named {', '.join(sorted(unknown))} in this study")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     log = out / "study.log"
@@ -387,9 +411,6 @@ def study_rm(out: str | Path, *, quick: bool = False, settings: StudySettings | 
         (out / "results.md").write_text(markdown(result) + "\n")
         return result
 
-    todo = arms if arms is not None else arms_for(s)
-    if only is not None and (unknown := only - {a.name for a in todo}):
-        raise ValueError(f"--arms: no arm named {', '.join(sorted(unknown))} in this study")
     for arm in todo:
         if only is None or arm.name in only:
             row = run_arm(arm, s, data, out, log)
@@ -399,8 +420,9 @@ def study_rm(out: str | Path, *, quick: bool = False, settings: StudySettings | 
             continue
         rows.append(row)
         result = write()
-        if arm.name == REFERENCE_JUDGE:  # this judge also ranks generator samples against references (cached)
-            reference = run_reference_quality(row, s, out, log)
+        if arm.name == REFERENCE_JUDGE:  # this judge also ranks generator samples against references
+            selected = only is None or arm.name in only
+            reference = run_reference_quality(row, s, out, log) if selected else finished_reference(row, s, out)
             result = write()
     if rows:
         plot(result, out)
