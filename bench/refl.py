@@ -5,7 +5,8 @@
    step with gradients, reward of the final image, backward): same generator, judge, batch and
    number of steps; both sample the whole chain, only what is kept for the backward differs.
    Each variant runs in its own process, so its peak memory is its own: the kernel's resident-set
-   high-water mark is reset (/proc/self/clear_refs) after the models are loaded and warmed up,
+   high-water mark is reset (/proc/self/clear_refs) after the models are loaded and warmed up (and the
+   warm-up's freed heap is handed back with malloc_trim, so that the step cannot hide in it),
    and read after the step. Also reported: the bytes autograd saved for the backward (exact,
    from saved-tensor hooks).
 2. The prefix-cached differentiable reward (prompt + reference prefix under no_grad, gradients only
@@ -37,6 +38,16 @@ import torch
 
 
 def _rss_reset() -> bool:
+    """Hand memory the warm-up freed back to the OS (glibc malloc_trim), then reset the high-water mark:
+    without the trim, the step reuses the warm-up's freed heap and its peak barely shows in the RSS."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:  # not glibc: the growth is then a looser lower bound
+        pass
     try:
         Path("/proc/self/clear_refs").write_text("5")
         return True
@@ -117,8 +128,8 @@ def run_variant(variant: str, batch: int, steps: int, k: int, repeats: int) -> d
         t = time.perf_counter()
         step()
         times.append(time.perf_counter() - t)
-    base = _rss_mb()
     reset = _rss_reset()
+    base = _rss_mb()
     with SavedBytes(gen, rm.judge) as saved:
         if variant == "refl":
             out = refl_forward(gen, fn, prompts, seeds, step_index=k, num_steps=steps)
@@ -154,8 +165,8 @@ def reward_memory(variant: str, batch: int, repeats: int, preset: str) -> dict:
         t = time.perf_counter()
         once()
         times.append(time.perf_counter() - t)
-    base = _rss_mb()
     reset = _rss_reset()
+    base = _rss_mb()
     total = once()
     return {"variant": variant, "time_s": statistics.median(times), "times": times, "reward_sum": total,
             "peak_growth_mb": _hwm_mb() - base if reset else None, "preset": preset, "batch": batch}
