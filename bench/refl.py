@@ -69,6 +69,17 @@ def _rss_mb() -> float:
     return float("nan")
 
 
+def _warm_then_time(fn, repeats: int) -> list[float]:
+    """Seconds of each of `repeats` calls of `fn`, after one warm-up call (first-call allocations, caches)."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return times
+
+
 class SavedBytes:
     """Bytes of the tensors autograd saves for the backward while active (each storage counted once;
     the models' own weights, which autograd also saves, are not extra memory and are left out)."""
@@ -122,12 +133,7 @@ def run_variant(variant: str, batch: int, steps: int, k: int, repeats: int) -> d
         gen.zero_grad(set_to_none=True)
         return float(loss)
 
-    step()  # warm-up: first-call allocations, the judge's caches
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t)
+    times = _warm_then_time(step, repeats)
     reset = _rss_reset()
     base = _rss_mb()
     with SavedBytes(gen, rm.judge) as saved:
@@ -159,12 +165,7 @@ def reward_memory(variant: str, batch: int, repeats: int, preset: str) -> dict:
         r.sum().backward()
         return float(r.sum())
 
-    once()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        once()
-        times.append(time.perf_counter() - t)
+    times = _warm_then_time(once, repeats)
     reset = _rss_reset()
     base = _rss_mb()
     total = once()
@@ -194,12 +195,9 @@ def reward_speed(batch: int, repeats: int, preset: str) -> dict:
             r.sum().backward()
             return r.detach(), xi.grad
 
-        once()  # warm-up (and, for the cached reward, the prefix: it is reused from here on, as in ReFL)
-        times = []
-        for _ in range(repeats):
-            t = time.perf_counter()
-            r, grad = once()
-            times.append(time.perf_counter() - t)
+        # the warm-up also builds the cached reward's prefix: it is reused from here on, as in ReFL
+        times = _warm_then_time(once, repeats)
+        r, grad = once()
         out[name] = {"time_s": statistics.median(times), "times": times, "rewards": r, "grad": grad}
     dv = float((out["cached"]["rewards"] - out["plain"]["rewards"]).abs().max())
     dg = float((out["cached"]["grad"] - out["plain"]["grad"]).abs().max() / out["plain"]["grad"].abs().max())
@@ -229,12 +227,19 @@ def main() -> None:
             print(json.dumps(run_variant(args.variant, args.batch, args.steps, args.k, args.repeats)))
         return
 
+    def child(variant: str) -> dict:
+        """One variant in its own process (its peak memory is its own)."""
+        cmd = [sys.executable, __file__, "--variant", variant, "--batch", str(args.batch), "--steps", str(args.steps),
+               "--k", str(args.k), "--repeats", str(args.repeats), "--preset", args.preset]
+        r = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        return json.loads(r.stdout.strip().splitlines()[-1])
+
+    def peak(v: dict) -> str:
+        return "n/a" if v["peak_growth_mb"] is None else f"{v['peak_growth_mb']:.0f}"
+
     results = {"threads": torch.get_num_threads(), "cpu_count": os.cpu_count()}
     for variant in ("refl", "full-chain"):
-        cmd = [sys.executable, __file__, "--variant", variant, "--batch", str(args.batch), "--steps", str(args.steps),
-               "--k", str(args.k), "--repeats", str(args.repeats)]
-        r = subprocess.run(cmd, capture_output=True, text=True, check=True)
-        results[variant] = json.loads(r.stdout.strip().splitlines()[-1])
+        results[variant] = child(variant)
     refl, chain = results["refl"], results["full-chain"]
     results["chain_vs_refl_time"] = chain["time_s"] / refl["time_s"]
     results["chain_vs_refl_saved_memory"] = chain["saved_for_backward_mb"] / refl["saved_for_backward_mb"]
@@ -242,10 +247,7 @@ def main() -> None:
         results["chain_vs_refl_peak_memory"] = chain["peak_growth_mb"] / refl["peak_growth_mb"]
     results["reward"] = reward_speed(args.batch, args.repeats, args.preset)
     for variant in ("reward-plain", "reward-checkpointed"):
-        cmd = [sys.executable, __file__, "--variant", variant, "--batch", str(args.batch), "--repeats",
-               str(args.repeats), "--preset", args.preset]
-        r = subprocess.run(cmd, capture_output=True, text=True, check=True)
-        results[variant] = json.loads(r.stdout.strip().splitlines()[-1])
+        results[variant] = child(variant)
     plain_r, ckpt_r = results["reward-plain"], results["reward-checkpointed"]
     results["checkpointed_vs_plain_time"] = ckpt_r["time_s"] / plain_r["time_s"]
     if plain_r["peak_growth_mb"] and ckpt_r["peak_growth_mb"]:
@@ -255,8 +257,7 @@ def main() -> None:
           f"batch {args.batch}, {args.steps} steps, ReFL gradient step k={args.k}; {results['threads']} threads)")
     print(f"{'variant':<12} {'time (s)':>9} {'peak RSS growth (MB)':>21} {'saved for backward (MB)':>24}")
     for v in (refl, chain):
-        peak = "n/a" if v["peak_growth_mb"] is None else f"{v['peak_growth_mb']:.0f}"
-        print(f"{v['variant']:<12} {v['time_s']:>9.2f} {peak:>21} {v['saved_for_backward_mb']:>24.1f}")
+        print(f"{v['variant']:<12} {v['time_s']:>9.2f} {peak(v):>21} {v['saved_for_backward_mb']:>24.1f}")
     print(f"full chain / ReFL: time {results['chain_vs_refl_time']:.2f}x, saved-for-backward memory "
           f"{results['chain_vs_refl_saved_memory']:.1f}x"
           + (f", peak RSS growth {results['chain_vs_refl_peak_memory']:.1f}x"
@@ -270,8 +271,7 @@ def main() -> None:
           f"{plain_r['batch']}), forward + backward:")
     print(f"{'variant':<20} {'time (s)':>9} {'peak RSS growth (MB)':>21}")
     for v in (plain_r, ckpt_r):
-        peak = "n/a" if v["peak_growth_mb"] is None else f"{v['peak_growth_mb']:.0f}"
-        print(f"{v['variant']:<20} {v['time_s']:>9.2f} {peak:>21}")
+        print(f"{v['variant']:<20} {v['time_s']:>9.2f} {peak(v):>21}")
     print(f"checkpointed / plain: time {results['checkpointed_vs_plain_time']:.2f}x"
           + (f"; plain / checkpointed peak RSS growth {results['plain_vs_checkpointed_peak_memory']:.1f}x"
              if "plain_vs_checkpointed_peak_memory" in results else "")
