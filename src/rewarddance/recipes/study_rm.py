@@ -202,28 +202,47 @@ def arm_key(arm: Arm, s: StudySettings, data: Path) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:12]
 
 
+def _write_json(path: Path, content: dict[str, Any]) -> None:
+    """Write atomically: a kill mid-write leaves the old file or none, never a truncated one."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(content, indent=1) + "\n")
+    tmp.replace(path)
+
+
+def _read_keyed(path: Path, key: str) -> dict[str, Any] | None:
+    """The JSON object in `path` if it was written under `key` (the settings it depends on), else None."""
+    if path.exists():
+        content = json.loads(path.read_text())
+        if content.get("key") == key:
+            return content
+    return None
+
+
+def _start(folder: Path, key: str) -> Path:
+    """Mark `folder` as being filled under `key` and return the marker (unlink it when done). A folder left
+    by other settings (a row, checkpoints, an evaluation) is removed first: never mixed into this one; a
+    half-done one of the same settings is kept, and its steps resume."""
+    started = folder / "started"
+    if folder.exists() and not (started.exists() and started.read_text() == key):
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    started.write_text(key)
+    return started
+
+
 def finished_row(arm: Arm, s: StudySettings, data: Path, out: Path) -> dict[str, Any] | None:
     """The arm's row from an earlier run of the same settings, else None."""
-    row_file = out / "arms" / arm.name / "row.json"
-    if row_file.exists():
-        row = json.loads(row_file.read_text())
-        if row.get("key") == arm_key(arm, s, data):
-            return row
-    return None
+    return _read_keyed(out / "arms" / arm.name / "row.json", arm_key(arm, s, data))
 
 
 def run_arm(arm: Arm, s: StudySettings, data: Path, out: Path, log: Path) -> dict[str, Any]:
     """Train (resumable) and evaluate one arm; its results.json row, cached in OUT/arms/<name>/row.json
     with the arm's key. A row or a half-done run of other settings (same name) is started again."""
     folder = out / "arms" / arm.name
-    row_file, started = folder / "row.json", folder / "started"
     key = arm_key(arm, s, data)
     if (row := finished_row(arm, s, data, out)) is not None:
         return row
-    if folder.exists() and not (started.exists() and started.read_text() == key):
-        shutil.rmtree(folder)  # another setting's row, checkpoints or evaluation: never mixed into this one
-    folder.mkdir(parents=True, exist_ok=True)
-    started.write_text(key)
+    started = _start(folder, key)
     train, test = arm_files(arm, data)
     model = [] if arm.objective == "clip-bt" else [f"model={arm.model}"]
     clip = [f"clip_size={arm.size}"] if arm.objective == "clip-bt" else []
@@ -247,7 +266,7 @@ def run_arm(arm: Arm, s: StudySettings, data: Path, out: Path, log: Path) -> dic
            "accuracy": result["overall"].get("accuracy"), "n_test": result["overall"].get("n"),
            "train_minutes": training["minutes"], "train_steps": training["step"], "pretrain_minutes": pretrain,
            "curve": [{"step": r["step"], "loss": r.get("loss")} for r in steps], "key": key}
-    row_file.write_text(json.dumps(row, indent=1) + "\n")
+    _write_json(folder / "row.json", row)
     started.unlink()
     return row
 
@@ -311,12 +330,7 @@ def reference_key(judge: dict[str, Any], s: StudySettings) -> str:
 
 def finished_reference(judge: dict[str, Any], s: StudySettings, out: Path) -> dict[str, Any] | None:
     """The reference-quality table of an earlier run for this judge and these settings, else None."""
-    result_file = out / "reference-quality" / "result.json"
-    if result_file.exists():
-        result = json.loads(result_file.read_text())
-        if result.get("key") == reference_key(judge, s):
-            return result
-    return None
+    return _read_keyed(out / "reference-quality" / "result.json", reference_key(judge, s))
 
 
 def run_reference_quality(judge: dict[str, Any], s: StudySettings, out: Path, log: Path) -> dict[str, Any]:
@@ -330,11 +344,7 @@ def run_reference_quality(judge: dict[str, Any], s: StudySettings, out: Path, lo
     key = reference_key(judge, s)
     if (done := finished_reference(judge, s, out)) is not None:
         return done
-    result_file = folder / "result.json"
-    if folder.exists() and not ((folder / "started").exists() and (folder / "started").read_text() == key):
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "started").write_text(key)
+    started = _start(folder, key)
     model = str(out / "arms" / judge["name"] / "train" / "final")
     pool_file, ranked_file = reference_candidates(s, folder)
     pool = [json.loads(t) for t in pool_file.read_text().splitlines()]
@@ -369,10 +379,8 @@ def run_reference_quality(judge: dict[str, Any], s: StudySettings, out: Path, lo
                       "reference_pass_rate": float(np.mean([r["checker_score"] == 1.0 for r in refs[c].values()]))}
     result = {"judge": judge["name"], "prompts": len(by_prompt), "pool": s.ref_pool, "ranked": s.ref_ranked,
               "generator": s.generator, "choices": choices, "key": key}
-    tmp = result_file.with_suffix(".tmp")  # a kill mid-write leaves no truncated result.json behind
-    tmp.write_text(json.dumps(result, indent=1) + "\n")
-    tmp.replace(result_file)
-    (folder / "started").unlink()
+    _write_json(folder / "result.json", result)
+    started.unlink()
     return result
 
 
