@@ -30,6 +30,8 @@ def test_study_rm_two_arms_contract_and_resume(tmp_path):
         assert CONTRACT <= set(row), CONTRACT - set(row)
         assert 0.0 <= row["id_accuracy"] <= 1.0 and 0.0 <= row["ood_accuracy"] <= 1.0
         assert row["train_steps"] == 2 and row["objective"] in OBJECTIVES
+    # each arm checkpoints along the way (an interrupted arm resumes mid-run): here every step of 2
+    assert (out / "arms" / arms[0].name / "train" / "checkpoints" / "step-1").is_dir()
     # the committed tiny preset's own pretraining time is reported, not counted as training
     assert on_disk["arms"][0]["pretrain_minutes"] > 10
     # the plain-instruction arm trained and was evaluated on rows that ask the plain question

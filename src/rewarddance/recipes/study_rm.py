@@ -250,6 +250,8 @@ def run_arm(arm: Arm, s: StudySettings, data: Path, out: Path, log: Path) -> dic
     final = folder / "train" / "final"
     run_step([*cli_command(), "train", f"data={train}", f"output_dir={folder / 'train'}", f"objective={arm.objective}",
               f"max_steps={s.steps}", f"batch_size={s.batch_size}", f"seed={arm.seed}", "eval_steps=1000000000",
+              # checkpoints along the way: an interrupted arm (the medium ones take an hour here) resumes mid-run
+              f"save_steps={max(1, s.steps // 8)}",
               "progress=false", "tensorboard=false", *model, *clip, *arm.overrides], log)
     eval_json = folder / "eval.json"
     if not eval_json.exists():
