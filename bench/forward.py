@@ -7,22 +7,17 @@ baseline in the same run: the full forward with logits at every position.
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 
 import rewarddance as rd
 from rewarddance.models.presets import ARCHS, preset_path
 
+from common import warm_then_time  # bench/ is on sys.path
+
 
 def best_of(fn, reps: int) -> float:
-    fn()
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
+    return min(warm_then_time(fn, reps))
 
 
 def main() -> None:

@@ -31,10 +31,11 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
+
+from common import warm_then_time  # bench/ is on sys.path
 
 
 def _rss_reset() -> bool:
@@ -67,17 +68,6 @@ def _rss_mb() -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
-
-
-def _warm_then_time(fn, repeats: int) -> list[float]:
-    """Seconds of each of `repeats` calls of `fn`, after one warm-up call (first-call allocations, caches)."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return times
 
 
 class SavedBytes:
@@ -133,7 +123,7 @@ def run_variant(variant: str, batch: int, steps: int, k: int, repeats: int) -> d
         gen.zero_grad(set_to_none=True)
         return float(loss)
 
-    times = _warm_then_time(step, repeats)
+    times = warm_then_time(step, repeats)
     reset = _rss_reset()
     base = _rss_mb()
     with SavedBytes(gen, rm.judge) as saved:
@@ -165,7 +155,7 @@ def reward_memory(variant: str, batch: int, repeats: int, preset: str) -> dict:
         r.sum().backward()
         return float(r.sum())
 
-    times = _warm_then_time(once, repeats)
+    times = warm_then_time(once, repeats)
     reset = _rss_reset()
     base = _rss_mb()
     total = once()
@@ -196,7 +186,7 @@ def reward_speed(batch: int, repeats: int, preset: str) -> dict:
             return r.detach(), xi.grad
 
         # the warm-up also builds the cached reward's prefix: it is reused from here on, as in ReFL
-        times = _warm_then_time(once, repeats)
+        times = warm_then_time(once, repeats)
         r, grad = once()
         out[name] = {"time_s": statistics.median(times), "times": times, "rewards": r, "grad": grad}
     dv = float((out["cached"]["rewards"] - out["plain"]["rewards"]).abs().max())
