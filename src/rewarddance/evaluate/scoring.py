@@ -35,6 +35,7 @@ from tqdm import tqdm
 from ..data import Record, RecordError, read_manifest
 from ..media import MediaError
 from ..models.reward_model import RewardModel
+from ..train.engine import atomic_write_text
 from .metrics import accuracy
 
 log = logging.getLogger(__name__)
@@ -192,9 +193,7 @@ def score_to_file(rm: RewardModel, records: list[Record | RecordError], output: 
 
 
 def _atomic_write(path: Path, rows: Iterable[dict[str, Any]]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    os.replace(tmp, path)
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
 def _merge(records: list[Record | RecordError], output: Path, fingerprint: str) -> None:

@@ -45,7 +45,7 @@ import torch
 
 from ..config import ConfigError, config_dict, load_config, save_config
 from ..evaluate.report import pct
-from ..train.engine import MetricsLog
+from ..train.engine import MetricsLog, atomic_write_text
 
 STAGES = ("data", "judges", "evaluate", "verdicts", "rl", "search", "report")
 
@@ -169,9 +169,7 @@ class Stages:
         t0 = time.perf_counter()
         result = fn(folder)
         record = {"key": self.keys[stage], "seconds": round(time.perf_counter() - t0, 1), "result": result}
-        tmp = done.with_suffix(".tmp")
-        tmp.write_text(json.dumps(record, indent=1, default=_plain) + "\n")
-        os.replace(tmp, done)
+        atomic_write_text(done, json.dumps(record, indent=1, default=_plain) + "\n")
         started.unlink()
         _say(f"[{stage}] done in {record['seconds']:.0f} s")
         return record
@@ -242,10 +240,10 @@ def stage_evaluate(cfg: DemoConfig, folder: Path, data: dict[str, Any], judges: 
     from ..world.generation import COMPOSITIONAL, checker_metric, heldout_prompts
     from .evaluate_rm import evaluate
 
-    table, loaded = [], {}
+    table, rm = [], None  # rm: the most accurate judge so far (the first of equals, as max() picks below)
     for j in judges:
-        loaded[j["name"]] = rd.load(j["path"])
-        r = evaluate(loaded[j["name"]], [data["test"]], json_out=folder / f"{j['name']}.json", progress=cfg.progress,
+        candidate = rd.load(j["path"])
+        r = evaluate(candidate, [data["test"]], json_out=folder / f"{j['name']}.json", progress=cfg.progress,
                      model_name=j["name"])
         row = {k: j[k] for k in ("name", "objective", "size", "arch", "start", "train_steps", "train_minutes")}
         splits = r.get("splits", {})  # a split with no scored pair is absent: its numbers are n/a
@@ -255,14 +253,15 @@ def stage_evaluate(cfg: DemoConfig, folder: Path, data: dict[str, Any], judges: 
         row["tie_threshold"] = r["overall"].get("tie_threshold")
         row["position_consistency"] = r["overall"].get("position_consistency")
         row["ece"] = r["overall"].get("ece")
+        if rm is None or row["accuracy"] > max(t["accuracy"] for t in table):
+            rm = candidate  # kept for the references below; the others are let go, not held all at once
         table.append(row)
     best = max(table, key=lambda r: r["accuracy"])
     generative = [r for r in table if r["objective"].startswith("generative")]
     best_generative = max(generative, key=lambda r: r["accuracy"])  # the verdicts' judge: it can explain
     paths = {j["name"]: j["path"] for j in judges}
 
-    # each held-out prompt's reference: Best-of-N win counts under the best judge, from the starting generator
-    rm = loaded[best["name"]]
+    # each held-out prompt's reference: Best-of-N win counts under the best judge (rm), from the starting generator
     heldout = list(heldout_prompts(list(COMPOSITIONAL), cfg.eval_prompts_per_category, 1234).values())
     # categories interleaved, so that a short grid still shows every kind of prompt
     prompts = [ps[i] for i in range(max(map(len, heldout))) for ps in heldout if i < len(ps)][:cfg.grid_prompts]
@@ -416,9 +415,7 @@ def demo(cfg: DemoConfig, *, quick: bool = False, force: bool = False) -> dict[s
     def report(folder: Path) -> dict[str, Any]:
         save_config(cfg, out / "config.yaml")  # beside the report it describes
         metrics = collect_metrics(cfg, records, quick=quick, report=out / "report.html")
-        tmp = out / "metrics.json.tmp"
-        tmp.write_text(json.dumps(metrics, indent=1, default=_plain) + "\n")
-        os.replace(tmp, out / "metrics.json")
+        atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=1, default=_plain) + "\n")
         write_report(metrics, out / "report.html")
         return {"report": str(out / "report.html"), "metrics": str(out / "metrics.json")}
 

@@ -21,6 +21,7 @@ from typing import Any
 
 from ..evaluate.report import pct
 from ..rl.monitor import ALARMS
+from ..train.engine import atomic_write_text
 from .search import gain_figure
 
 FORMATS = {
@@ -288,7 +289,4 @@ reward is read before it), beside the one written from the checker's result.</p>
 def write_report(metrics: dict[str, Any], path: str | os.PathLike) -> Path:
     """Write report.html (atomically)."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(render(metrics, path), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, render(metrics, path))

@@ -182,7 +182,9 @@ def refl(cfg: ReFLConfig, command: str | None = None) -> Path:
 
     # items this process's training rewards scored on the shared-prefix path (report.json: a user can see that
     # the fast path ran; the references' Best-of-N is not counted)
-    prefix_scored_before = rm.prefix_scorer.scored if rm.prefix_scorer is not None else 0
+    def prefix_scored() -> int:
+        return rm.prefix_scorer.scored if rm.prefix_scorer is not None else 0
+    prefix_scored_before = prefix_scored()
     if cfg.lora_r > 0:
         gen.add_lora(r=cfg.lora_r, alpha=cfg.lora_alpha)
     if cfg.gradient_checkpointing:
@@ -303,6 +305,5 @@ def refl(cfg: ReFLConfig, command: str | None = None) -> Path:
                fields={"command": command or command_line(None, []), "rm": str(cfg.rm), "layout": rm.layout,
                        "generator": str(cfg.generator), "train_minutes": round(elapsed, 2),
                        "wall_minutes": round(wall_minutes(), 2), "config": config_dict(cfg), "processes": world,
-                       "rewards_on_prefix_path": (rm.prefix_scorer.scored if rm.prefix_scorer is not None else 0)
-                       - prefix_scored_before})
+                       "rewards_on_prefix_path": prefix_scored() - prefix_scored_before})
     return out

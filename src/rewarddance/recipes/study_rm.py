@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import sys
 import time
@@ -37,7 +38,7 @@ from typing import Any
 from ..evaluate.report import pct
 from ..models.checkpoint import read_checkpoint_config
 from ..models.presets import cache_root
-from ..train.engine import MetricsLog
+from ..train.engine import MetricsLog, atomic_write_text
 from .steps import cli_command, run_step
 
 OBJECTIVES = ("generative-pairwise", "generative-pointwise", "regressive-bt", "clip-bt")
@@ -138,10 +139,7 @@ def _rewrite(src: Path, dst: Path, *, task: str | None = None, fraction: float =
     rows = rows[:max(1, round(len(rows) * fraction))]
     if task is not None:
         rows = [{**r, "task": task} for r in rows]
-    tmp = dst.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    tmp.replace(dst)
-    return dst
+    return atomic_write_text(dst, "".join(json.dumps(r) + "\n" for r in rows))
 
 
 def prepare_data(s: StudySettings, log: Path) -> Path:
@@ -203,10 +201,7 @@ def arm_key(arm: Arm, s: StudySettings, data: Path) -> str:
 
 
 def _write_json(path: Path, content: dict[str, Any]) -> None:
-    """Write atomically: a kill mid-write leaves the old file or none, never a truncated one."""
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(content, indent=1) + "\n")
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps(content, indent=1) + "\n")
 
 
 def _read_keyed(path: Path, key: str) -> dict[str, Any] | None:
@@ -278,10 +273,17 @@ REFERENCE_CHOICES = ("best-of-n", "random", "checker-best")
 REFERENCE_JUDGE = "paradigm-generative-pairwise"  # the arm whose judge the reference-quality table measures
 
 
+def candidate_settings(s: StudySettings) -> dict[str, Any]:
+    """The settings the reference-quality candidates depend on (not the arms', seeds' or fractions')."""
+    return {"generator": s.generator, "prompts_per_category": s.ref_prompts_per_category, "pool": s.ref_pool,
+            "ranked": s.ref_ranked}
+
+
 def reference_candidates(s: StudySettings, folder: Path) -> tuple[Path, Path]:
     """(pool.jsonl, ranked.jsonl) in `folder`: for held-out compositional prompts, `s.ref_pool` samples of the
     committed generator to choose each prompt's reference from, and `s.ref_ranked` other samples to rank. Rows
-    are `{"id", "prompt", "image", "checker_score"}` (the fraction of the prompt's constraints that hold)."""
+    are `{"id", "prompt", "image", "checker_score"}` (the fraction of the prompt's constraints that hold).
+    Cached under `candidate_settings`: a retrained judge or other arms reuse them."""
     import torch
 
     from ..generators import generator_path, load_generator
@@ -289,8 +291,10 @@ def reference_candidates(s: StudySettings, folder: Path) -> tuple[Path, Path]:
     from ..world.generation import COMPOSITIONAL, checker_metric, heldout_prompts
 
     pool, ranked = folder / "pool.jsonl", folder / "ranked.jsonl"
-    if ranked.exists():  # written last: the candidates are complete
+    key = hashlib.sha256(json.dumps(candidate_settings(s), sort_keys=True).encode()).hexdigest()[:12]
+    if _read_keyed(folder / "done.json", key) is not None:
         return pool, ranked
+    started = _start(folder, key)
     prompts = [p for ps in heldout_prompts(COMPOSITIONAL, s.ref_prompts_per_category, seed=777).values() for p in ps]
     gen = load_generator(generator_path(s.generator))
     n = s.ref_pool + s.ref_ranked
@@ -306,7 +310,9 @@ def reference_candidates(s: StudySettings, folder: Path) -> tuple[Path, Path]:
             rows["pool" if j < s.ref_pool else "ranked"].append(
                 {"id": f"{i:03d}-{j}", "prompt": prompt, "image": name, "checker_score": score})
     for path, part in ((pool, rows["pool"]), (ranked, rows["ranked"])):
-        path.write_text("".join(json.dumps(r) + "\n" for r in part))
+        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in part))
+    _write_json(folder / "done.json", {"key": key, "prompts": len(prompts)})  # last: the candidates are complete
+    started.unlink()
     return pool, ranked
 
 
@@ -325,9 +331,8 @@ def ranking_accuracy(rewards: list[float], truth: list[float], prompts: list[str
 
 
 def reference_key(judge: dict[str, Any], s: StudySettings) -> str:
-    """What the reference-quality table depends on: the judge arm's key and the study's settings (its
-    reference pool, candidates and generator among them)."""
-    return hashlib.sha256(json.dumps([judge["key"], asdict(s)], sort_keys=True).encode()).hexdigest()[:12]
+    """What the reference-quality table depends on: the judge arm's key and the candidates' settings."""
+    return hashlib.sha256(json.dumps([judge["key"], candidate_settings(s)], sort_keys=True).encode()).hexdigest()[:12]
 
 
 def finished_reference(judge: dict[str, Any], s: StudySettings, out: Path) -> dict[str, Any] | None:
@@ -348,7 +353,8 @@ def run_reference_quality(judge: dict[str, Any], s: StudySettings, out: Path, lo
         return done
     started = _start(folder, key)
     model = str(out / "arms" / judge["name"] / "train" / "final")
-    pool_file, ranked_file = reference_candidates(s, folder)
+    candidates = out / "reference-candidates"
+    pool_file, ranked_file = reference_candidates(s, candidates)
     pool = [json.loads(t) for t in pool_file.read_text().splitlines()]
     ranked = [json.loads(t) for t in ranked_file.read_text().splitlines()]
     by_prompt: dict[str, list[dict[str, Any]]] = {}
@@ -366,9 +372,13 @@ def run_reference_quality(judge: dict[str, Any], s: StudySettings, out: Path, lo
     pool_by_id = {r["id"]: r for r in pool}
     refs = {c: {p: pool_by_id[i] for p, i in chosen[c].items()} for c in REFERENCE_CHOICES}
     rows_file, scores_file = folder / "rank.jsonl", folder / "scores.jsonl"  # one scoring run for every choice
-    rows_file.write_text("".join(json.dumps({"id": f"{c}/{r['id']}", "prompt": r["prompt"], "image": r["image"],
-                                             "reference": refs[c][r["prompt"]]["image"]}) + "\n"
-                                 for c in REFERENCE_CHOICES for r in ranked))
+
+    def here(image: str) -> str:  # a candidate's image, relative to rank.jsonl as manifests' paths are
+        return os.path.relpath(candidates / image, folder)
+    atomic_write_text(rows_file, "".join(json.dumps({"id": f"{c}/{r['id']}", "prompt": r["prompt"],
+                                                     "image": here(r["image"]),
+                                                     "reference": here(refs[c][r["prompt"]]["image"])}) + "\n"
+                                         for c in REFERENCE_CHOICES for r in ranked))
     run_step([*cli_command(), "score", "--model", model, "--input", str(rows_file), "--output", str(scores_file)], log)
     # `score` exits non-zero when any row fails, and run_step raises: every row here has its reward
     reward = {r["id"]: r["reward"] for r in map(json.loads, scores_file.read_text().splitlines())}
@@ -417,8 +427,8 @@ def study_rm(out: str | Path, *, quick: bool = False, settings: StudySettings | 
         result = {"arms": rows, "reference_quality": reference, "settings": asdict(s), "data": str(data),
                   "minutes_this_run": round((time.perf_counter() - t0) / 60, 1),
                   "command": command or "rewarddance study rm" + (" --quick" if quick else "") + f" --out {out}"}
-        (out / "results.json").write_text(json.dumps(result, indent=1) + "\n")
-        (out / "results.md").write_text(markdown(result) + "\n")
+        _write_json(out / "results.json", result)
+        atomic_write_text(out / "results.md", markdown(result) + "\n")
         return result
 
     for arm in todo:

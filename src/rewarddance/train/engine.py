@@ -2,6 +2,8 @@
 
 - `step_records`: which records a global step uses, a pure function of (step, seed), so a
   resumed run continues at the same data position without saving a loader's state.
+- `atomic_dir`, `atomic_write_text`: a directory or a file written so that a run killed half-way
+  leaves the old one or the new one, never half of one.
 - `Checkpointer`: `step-N` directories written atomically (temp dir + rename), holding a
   loadable model and `trainer_state.pt` (trainable weights, optimizer, scheduler, RNG).
 - `MetricsLog`: metrics.jsonl appended and flushed row by row, TensorBoard, a PNG of the curves.
@@ -63,6 +65,15 @@ def atomic_dir(target: Path, write: Callable[[Path], None]) -> Path:
     return target
 
 
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write `text` to a temp file beside `path`, then rename it into place (atomic on one file system)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
 class Checkpointer:
     """`output_dir/checkpoints/step-N`, the last `keep` of them; `latest()` is where a run resumes."""
 
@@ -101,8 +112,7 @@ class MetricsLog:
         self.path = self.dir / "metrics.jsonl"
         rows = []
         if self.path.exists():  # a resumed run drops rows logged after its checkpoint: they are redone
-            rows = [r for r in (self._parse(t) for t in self.path.read_text().splitlines()) if r is not None]
-            rows = [r for r in rows if r.get("step", 0) <= resume_step]
+            rows = [r for r in self.read(self.dir) if r.get("step", 0) <= resume_step]
         self.path.write_text("".join(json.dumps(r) + "\n" for r in rows))
         self.rows = rows
         self._file = self.path.open("a")
