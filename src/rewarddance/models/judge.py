@@ -84,6 +84,12 @@ def enable_layer_checkpointing(model: nn.Module) -> None:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
+def is_vision_parameter(name: str) -> bool:
+    """Whether parameter `name` belongs to a VLM's vision encoder (Qwen's `visual`, merger included;
+    Idefics3's `vision_model`; LLaVA's and InternVL's `vision_tower`), under any wrapper's prefix."""
+    return "visual" in name or "vision" in name
+
+
 def unwrap(module: nn.Module) -> nn.Module:
     """The Hugging Face model inside DDP / FSDP (`.module`), torch.compile (`._orig_mod`) and
     peft (`get_base_model()`) wrappers; peft's adapters stay injected in its layers."""
