@@ -292,6 +292,14 @@ def test_pretraining_questions_come_in_both_orders(tmp_path):
     assert rendered[1].index(row.pairs[1][0]) < rendered[1].index("<|vision_start|>")
 
 
+def test_pretrain_learning_rate_defaults_by_size():
+    from rewarddance.recipes.pretrain import PretrainConfig, with_default_lr
+
+    assert with_default_lr(PretrainConfig(size="tiny")).lr == 1e-3
+    assert with_default_lr(PretrainConfig(size="small")).lr == with_default_lr(PretrainConfig(size="medium")).lr == 3e-4
+    assert with_default_lr(PretrainConfig(size="small", lr=5e-4)).lr == 5e-4
+
+
 def test_pretrain_recipe_continues_from_a_model_and_reports_both_orders(preset_dirs, tmp_path):
     """`rewarddance pretrain init_from=...` starts from that model (lr 0: the written preset has its weights)
     and reports answer accuracy per question order."""
