@@ -94,6 +94,15 @@ def test_tiny_pretrained_preset_learns_missing_objects_in_45_seconds(tmp_path):
     assert last["eval_accuracy"] >= 0.7, last
 
 
+def test_blind_warning_flags_a_vanished_vision_gradient_only():
+    from rewarddance.recipes.train_rm import blind_warning
+
+    # the stalled small preset's numbers (docs/results/pretrain-small-lr1e-3-collapsed), then a healthy run's
+    assert "stopped reading the image" in blind_warning({"step": 500, "grad_norm": 0.70, "grad_norm_vision": 9e-5})
+    assert blind_warning({"step": 250, "grad_norm": 0.61, "grad_norm_vision": 0.30}) is None
+    assert blind_warning({"step": 1, "grad_norm": 0.5}) is None  # no vision gradient logged (freeze_vision)
+
+
 def test_freeze_vision_keeps_the_vision_encoder_and_logs_no_vision_gradient(fixed_pairs, tmp_path):
     from rewarddance.models.judge import is_vision_parameter
 

@@ -306,6 +306,7 @@ def train(cfg: TrainConfig) -> Path:
                disable=not (cfg.progress and accelerator.is_main_process))
     window: dict[str, list[float]] = {}
     window_records, window_time = 0, 0.0
+    warned_blind = False
     autocast = torch.autocast(accelerator.device.type, dtype=torch.bfloat16) if cfg.bf16 else nullcontext()
     stop = cfg.max_minutes is not None and elapsed >= cfg.max_minutes  # a finished run resumed: nothing to do
     while step < cfg.max_steps and not stop:
@@ -376,6 +377,9 @@ def train(cfg: TrainConfig) -> Path:
                 accelerator.wait_for_everyone()
             if log is not None:
                 log.log(row)
+                if not warned_blind and (warning := blind_warning(row)):
+                    warned_blind = True
+                    bar.write(warning, file=sys.stderr)
                 bar.set_postfix(loss=f"{row['loss']:.3f}", acc=f"{row.get('accuracy') or float('nan'):.2f}",
                                 sps=f"{row['samples_per_s']:.1f}")
             window, window_records, window_time = {}, 0, 0.0
@@ -427,6 +431,24 @@ def grad_norms(params: list[torch.nn.Parameter], vision: list[torch.nn.Parameter
         sq = accelerator.reduce(sq, reduction="sum")
     total, vis = sq.sqrt().tolist()
     return {"grad_norm": total, "grad_norm_vision": vis} if vision else {"grad_norm": total}
+
+
+BLIND_RATIO = 1e-2  # measured: healthy runs 0.1-1.1 (tiny preset, small at lr 3e-4); the stalled small run 1e-4
+
+
+def blind_warning(row: dict[str, Any]) -> str | None:
+    """A warning when a metrics row's vision gradient is under BLIND_RATIO of the total: the model has
+    probably stopped reading the image (docs/training.md), which the loss does not show.
+
+        >>> blind_warning({"step": 500, "grad_norm": 0.7, "grad_norm_vision": 9e-5})[:38]
+        'warning: step 500: the vision encoder'
+    """
+    vision, total = row.get("grad_norm_vision"), row.get("grad_norm")
+    if vision is None or not total or vision >= BLIND_RATIO * total:
+        return None
+    return (f"warning: step {row['step']}: the vision encoder's gradient is {vision / total:.1e} of the total: "
+            "the model has probably stopped reading the image, and the loss will not show it; a lower lr "
+            "usually avoids this (docs/training.md, 'Pretraining the small preset')")
 
 
 def _nanmean(values: list[float]) -> float:
