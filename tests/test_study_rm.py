@@ -102,3 +102,26 @@ def test_ranking_accuracy_counts_pairs_within_a_prompt():
     assert ranking_accuracy([0.9, 0.2, 0.4, 0.3, 0.3], truth, prompts) == (2.5 / 4, 4)
     # equal checker scores make no pair; no pair at all gives no accuracy
     assert ranking_accuracy([0.1, 0.9], [1.0, 1.0], ["p", "p"]) == (None, 0)
+
+
+def test_reference_candidates_follow_the_generator_weights(tmp_path):
+    """A generator directory retrained in place keys other candidates (the cache is not by name only)."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from rewarddance.generators import generator_path
+    from rewarddance.recipes.study_rm import candidate_settings
+
+    gen = shutil.copytree(generator_path("shapeworld-flow"), tmp_path / "gen")
+    s = replace(QUICK, generator=str(gen))
+    before = candidate_settings(s)
+    weights = next(gen.rglob("*.safetensors"))
+    tensors = load_file(weights)
+    name = next(iter(tensors))
+    tensors[name] = tensors[name] + 1
+    save_file(tensors, weights)
+    after = candidate_settings(s)
+    assert before["generator_weights"] != after["generator_weights"]
+    assert {k: v for k, v in before.items() if k != "generator_weights"} == \
+        {k: v for k, v in after.items() if k != "generator_weights"}

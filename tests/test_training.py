@@ -327,3 +327,30 @@ def test_pretrain_recipe_continues_from_a_model_and_reports_both_orders(preset_d
     for k in before:  # the preset is written in float16
         torch.testing.assert_close(after[k].float(), before[k].half().float(), atol=0, rtol=0)
     assert rd.load(out).score("a red circle", [torch.rand(3, 64, 64)])
+
+
+def test_resuming_with_another_learning_rate_is_refused(fixed_pairs, tmp_path):
+    """The optimizer state would keep the checkpoint's rate while config.yaml says the new one."""
+    train(_cfg(data=str(fixed_pairs), output_dir=str(tmp_path), max_steps=1))
+    with pytest.raises(ConfigError, match="lr"):
+        train(_cfg(data=str(fixed_pairs), output_dir=str(tmp_path), max_steps=2, lr=1e-4))
+
+
+def test_atomic_write_text_keeps_the_old_file_and_no_temp_on_failure(tmp_path):
+    from rewarddance.train.engine import atomic_write_text
+
+    path = atomic_write_text(tmp_path / "a.json", "old")
+    with pytest.raises(UnicodeEncodeError):
+        atomic_write_text(path, "new \ud800")  # a lone surrogate cannot be encoded: fails mid-write
+    assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["a.json"]
+
+
+def test_training_helpers_doctests():
+    import doctest
+
+    from rewarddance.recipes import pretrain, train_rm
+    from rewarddance.train import engine
+
+    for module in (train_rm, pretrain, engine):
+        result = doctest.testmod(module)
+        assert result.attempted > 0 and result.failed == 0, module.__name__

@@ -90,15 +90,17 @@ def write_checkpoint_config(path: str | os.PathLike, config: CheckpointConfig) -
     return file
 
 
-def weights_file_digest(path: str | os.PathLike) -> str:
-    """A hash of a model directory's weight files (*.safetensors, streamed): an adapter records its
-    base's, so that loading it onto a base whose weights have changed fails instead of scoring wrong."""
+def weights_file_digest(path: str | os.PathLike, *, recursive: bool = False) -> str:
+    """A hash of a model directory's weight files (*.safetensors, streamed; `recursive`: in its subfolders
+    too, as a diffusers pipeline keeps them): an adapter records its base's, so that loading it onto a base
+    whose weights have changed fails instead of scoring wrong."""
     h = hashlib.blake2b(digest_size=16)
-    files = sorted(Path(path).glob("*.safetensors"))
+    root = Path(path)
+    files = sorted(root.rglob("*.safetensors") if recursive else root.glob("*.safetensors"))
     if not files:
         raise CheckpointError(f"{path}: no *.safetensors weight files")
     for f in files:
-        h.update(f.name.encode())
+        h.update(f.relative_to(root).as_posix().encode())
         with f.open("rb") as stream:
             for chunk in iter(lambda: stream.read(1 << 24), b""):
                 h.update(chunk)

@@ -85,9 +85,10 @@ def enable_layer_checkpointing(model: nn.Module) -> None:
 
 
 def is_vision_parameter(name: str) -> bool:
-    """Whether parameter `name` belongs to a VLM's vision encoder (Qwen's `visual`, merger included;
-    Idefics3's `vision_model`; LLaVA's and InternVL's `vision_tower`), under any wrapper's prefix."""
-    return "visual" in name or "vision" in name
+    """Whether parameter `name` belongs to a VLM's vision side: its encoder and the projector into the language
+    model (Qwen's `visual`, merger included; Idefics3's `vision_model` and `connector`; LLaVA's and InternVL's
+    `vision_tower` and `multi_modal_projector`), under any wrapper's prefix."""
+    return any(part in name for part in ("visual", "vision", "connector", "multi_modal_projector"))
 
 
 def unwrap(module: nn.Module) -> nn.Module:

@@ -274,9 +274,14 @@ REFERENCE_JUDGE = "paradigm-generative-pairwise"  # the arm whose judge the refe
 
 
 def candidate_settings(s: StudySettings) -> dict[str, Any]:
-    """The settings the reference-quality candidates depend on (not the arms', seeds' or fractions')."""
-    return {"generator": s.generator, "prompts_per_category": s.ref_prompts_per_category, "pool": s.ref_pool,
-            "ranked": s.ref_ranked}
+    """The settings the reference-quality candidates depend on (not the arms', seeds' or fractions'), the
+    generator's weights included (a generator directory retrained in place draws other candidates)."""
+    from ..generators import generator_path
+    from ..models.checkpoint import weights_file_digest
+
+    return {"generator": s.generator, "generator_weights": weights_file_digest(generator_path(s.generator),
+                                                                               recursive=True),
+            "prompts_per_category": s.ref_prompts_per_category, "pool": s.ref_pool, "ranked": s.ref_ranked}
 
 
 def reference_candidates(s: StudySettings, folder: Path) -> tuple[Path, Path]:

@@ -75,7 +75,7 @@ class TrainConfig:
     lora_dropout: float = 0.0
     lora_targets: dict[str, list[str]] = field(default_factory=lambda: dict(LORA_TARGETS))  # per family, or default
     lora_save: Literal["merged", "adapter"] = "merged"  # what final/ and best/ hold
-    freeze_vision: bool = False
+    freeze_vision: bool = False  # the vision encoder and its projector into the LM (is_vision_parameter) stay as loaded
     gradient_checkpointing: bool = False
     bf16: bool = False  # bf16 autocast (where the device supports it)
     clip_size: str = "small"  # clip-bt from scratch: the size of the CLIP built when `model` is no CLIP checkpoint
@@ -267,7 +267,6 @@ def train(cfg: TrainConfig) -> Path:
 
     judge, ckpt = build_judge(cfg, world)
     params = [p for p in judge.parameters() if p.requires_grad]
-    vision = [p for name, p in judge.named_parameters() if p.requires_grad and is_vision_parameter(name)]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = get_scheduler(cfg.schedule if cfg.schedule != "constant" else "constant_with_warmup", optimizer,
                               num_warmup_steps=cfg.warmup_steps, num_training_steps=cfg.max_steps)
@@ -284,9 +283,16 @@ def train(cfg: TrainConfig) -> Path:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
+        if state.get("lr", cfg.lr) != cfg.lr:  # the optimizer state would silently keep the old rate
+            raise ConfigError(f"lr: {latest} was trained at lr {state['lr']}, this run asks for {cfg.lr}; resume "
+                              "with the same lr or use a new output_dir")
         step, best, elapsed = state["step"], state["best"], state["elapsed"]
         _say(accelerator, f"resuming from {latest} (step {step})")
     module, optimizer = accelerator.prepare(judge, optimizer)
+    # the prepared module's parameters: FSDP2 replaces them by sharded ones (the gradients live there), and
+    # accelerate's FSDP clipping only acts when it is handed the model's full parameter list
+    params = list(module.parameters())
+    vision = [p for name, p in module.named_parameters() if p.requires_grad and is_vision_parameter(name)]
     log = MetricsLog(out, resume_step=step, tensorboard=cfg.tensorboard) if accelerator.is_main_process else None
     objective = OBJECTIVES[cfg.objective]
     kwargs = {"generative-pairwise": {"ties": cfg.ties, "cot_weight": cfg.cot_weight},
@@ -295,7 +301,7 @@ def train(cfg: TrainConfig) -> Path:
 
     def save_checkpoint() -> None:
         if accelerator.is_main_process:
-            state = {"step": step, "best": best, "elapsed": elapsed, "trainable": _trainable_state(judge),
+            state = {"step": step, "best": best, "elapsed": elapsed, "lr": cfg.lr, "trainable": _trainable_state(judge),
                      "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()}
             checkpointer.save(step, lambda p: save_judge(judge, ckpt, p, cfg, {"step": step}), state)
         accelerator.wait_for_everyone()
@@ -411,36 +417,40 @@ def train(cfg: TrainConfig) -> Path:
 def grad_norms(params: list[torch.nn.Parameter], vision: list[torch.nn.Parameter], accelerator: Any
                ) -> dict[str, float]:
     """Gradient norms before clipping: `grad_norm` over every trainable weight, `grad_norm_vision` over the
-    vision encoder's. A vision norm orders of magnitude below the total says the language model has stopped
-    reading the image, which the loss curve does not show (pretraining the small preset at lr 1e-3: 1e-4
-    against 0.7 from step 500 on, docs/training.md). Empty where the parameters hold no gradients
-    (DeepSpeed keeps them in its engine)."""
+    vision encoder's (`is_vision_parameter`). A vision norm orders of magnitude below the total says the
+    language model has stopped reading the image, which the loss curve does not show (pretraining the small
+    preset at lr 1e-3, docs/training.md). Sharded gradients (FSDP) give the global norms. Empty where the
+    parameters hold no gradients (DeepSpeed keeps them in its engine)."""
     from accelerate.utils import DistributedType
+    from torch.distributed.tensor import DTensor
+
+    def norm(ps: list[torch.nn.Parameter]) -> torch.Tensor:
+        grads = [p.grad.detach() for p in ps if p.grad is not None]
+        if not grads:
+            return torch.zeros((), device=accelerator.device)
+        n = torch.nn.utils.get_total_norm(grads)  # float32 accumulation, no copy of the gradients
+        return n.full_tensor() if isinstance(n, DTensor) else n  # FSDP2: reduced over the shards
 
     if not any(p.grad is not None for p in params):
         return {}
-    vision_ids = {id(p) for p in vision}
-    sq = torch.zeros(2, dtype=torch.float64, device=accelerator.device)  # (all, vision) squared
-    for p in params:
-        if p.grad is not None:
-            g = p.grad.detach().double().pow(2).sum()
-            sq[0] += g
-            if id(p) in vision_ids:
-                sq[1] += g
-    if accelerator.distributed_type == DistributedType.FSDP:  # each rank holds a shard of every gradient
-        sq = accelerator.reduce(sq, reduction="sum")
+    sq = torch.stack([norm(params), norm(vision)]).float().pow(2)
+    if accelerator.distributed_type == DistributedType.FSDP and not isinstance(params[0], DTensor):
+        sq = accelerator.reduce(sq, reduction="sum")  # FSDP1: each rank holds a flat shard of every gradient
     total, vis = sq.sqrt().tolist()
     return {"grad_norm": total, "grad_norm_vision": vis} if vision else {"grad_norm": total}
 
 
-BLIND_RATIO = 1e-2  # measured: healthy runs 0.1-1.1 (tiny preset, small at lr 3e-4); the stalled small run 1e-4
+# the logged ratio grad_norm_vision / grad_norm (vision encoder and projector over everything), measured: healthy
+# runs 0.1-0.8 (judge training from the tiny preset 0.12-0.24, pretraining small at lr 3e-4 ~0.5, the tiny
+# preset's pretraining loss ~0.8); the small preset's pretraining stalled at lr 1e-3, ~2e-3
+BLIND_RATIO = 1e-2
 
 
 def blind_warning(row: dict[str, Any]) -> str | None:
     """A warning when a metrics row's vision gradient is under BLIND_RATIO of the total: the model has
     probably stopped reading the image (docs/training.md), which the loss does not show.
 
-        >>> blind_warning({"step": 500, "grad_norm": 0.7, "grad_norm_vision": 9e-5})[:38]
+        >>> blind_warning({"step": 500, "grad_norm": 0.7, "grad_norm_vision": 9e-5})[:37]
         'warning: step 500: the vision encoder'
     """
     vision, total = row.get("grad_norm_vision"), row.get("grad_norm")

@@ -66,11 +66,16 @@ def atomic_dir(target: Path, write: Callable[[Path], None]) -> Path:
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write `text` to a temp file beside `path`, then rename it into place (atomic on one file system)."""
+    """Write `text` to a temp file beside `path`, then rename it into place (atomic on one file system): a
+    crash leaves the old file or the new one, never half of one (and no temp file behind)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 
@@ -113,7 +118,7 @@ class MetricsLog:
         rows = []
         if self.path.exists():  # a resumed run drops rows logged after its checkpoint: they are redone
             rows = [r for r in self.read(self.dir) if r.get("step", 0) <= resume_step]
-        self.path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in rows))
         self.rows = rows
         self._file = self.path.open("a")
         self._tb = None

@@ -29,6 +29,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ...train.engine import atomic_write_text
 from ..records import Record, RecordError
 from . import genai_bench, hpdv2, imagereward, pickapic, videogen_rewardbench
 from ._common import parquet_columns, read_json, require_file
@@ -198,8 +199,6 @@ def convert(format: str | None, path: str | os.PathLike, out_dir: str | os.PathL
         files[out_dir / f"{bench.name}-errors.txt"] = errors
     counts = {}
     for target, lines in files.items():
-        tmp = target.with_name(target.name + ".tmp")
-        tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-        os.replace(tmp, target)  # a crash never leaves half a manifest under the final name
+        atomic_write_text(target, "".join(line + "\n" for line in lines))  # never half a manifest
         counts[str(target)] = len(lines)
     return counts
