@@ -16,8 +16,8 @@ each a row of OUT/results.json (the contract), grouped as the paper's tables are
 - `data`: the pairwise judge on 25% / 50% / 100% of the training pairs;
 - `video`: text-to-video and image-to-video judges on ShapeWorld video pairs (their own test pairs);
 - `seeds`: the headline arms (generative-pairwise, regressive-bt, clip-bt) again with seeds 1 and 2.
-`--quick` keeps one arm per objective and a second size of the pairwise judge (from scratch: only the tiny
-preset is committed), with less data and fewer steps; the code is the same.
+`--quick` keeps one arm per objective and a second size of the pairwise judge (small, from its committed
+pretrained preset), with less data and fewer steps; the code is the same.
 
 Outputs: OUT/results.json, OUT/results.md (the table, mean ± std over seeds where repeated), OUT/*.png
 (accuracy vs size, ID vs OOD per paradigm, learning curves), and OUT/arms/<name>/ (train run, eval).
@@ -104,7 +104,7 @@ def arms_for(s: StudySettings) -> list[Arm]:
                 **(clip if o == "clip-bt" else {}))
             for o in OBJECTIVES]
     if s.quick:
-        return arms + [Arm("size-small-scratch", "size", size="small", start="scratch")]
+        return arms + [Arm("size-small-pretrained", "size", size="small")]
     # the cheap tiny arms first; then the larger sizes from scratch; last the arms whose start is not committed
     # (pretrained first, which takes hours here): an interrupted study still leaves the most tables
     scratch = [Arm(f"size-{size}-scratch", "size", size=size, start="scratch") for size in s.sizes]
