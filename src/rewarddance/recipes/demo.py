@@ -6,7 +6,7 @@ Seven stages, each one call into the recipes a user runs by hand, each resumable
 1. `data`: ShapeWorld preference pairs with rationales (train; test = ID and OOD halves);
 2. `judges`: from the committed pretrained preset, a generative pairwise judge with CoT rationales and
    the regressive Bradley-Terry baseline on the same backbone, steps and batch (outside `--quick` also a
-   second size, from scratch: only the tiny size has a committed pretrained start);
+   second size, from scratch: the demo was measured before the small pretrained preset was committed);
 3. `evaluate`: each judge on the test pairs (accuracy ID / OOD, with ties, position consistency,
    calibration), and each held-out prompt's reference by Best-of-N win counts under the best judge;
    `verdicts`: the best generative judge's verdicts on test pairs with its generated rationales;
