@@ -130,13 +130,23 @@ def assert_same_rows(a: list[dict], b: list[dict], keys, atol: float) -> None:
                 assert abs(ra[key] - rb[key]) <= atol, (ra["step"], key, ra[key], rb[key])
 
 
-def kill_at_checkpoint(cmd: list[str], out, step: int, timeout: float = 240) -> None:
-    """Start a recipe, SIGKILL it as soon as its checkpoint of `step` is on disk."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + timeout
+def run_ok(cmd: list[str], timeout: float = 900, **kwargs) -> subprocess.CompletedProcess:
+    """Run a command that must succeed; a failure quotes the end of its stderr."""
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kwargs)
+    assert r.returncode == 0, f"exit {r.returncode}: {' '.join(map(str, cmd))}\n{r.stderr[-3000:]}"
+    return r
+
+
+def kill_at_checkpoint(cmd: list[str], out, step: int, timeout: float = 600) -> None:
+    """Start a recipe, SIGKILL it as soon as its checkpoint of `step` is on disk. Its output goes to
+    OUT.stderr.log (next to `out`), which a failed assertion quotes."""
+    log = out.parent / f"{out.name}.stderr.log"
+    with log.open("w") as f:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=f)
+    deadline = time.monotonic() + timeout  # generous: the machine may be shared with other jobs
     while not (out / "checkpoints" / f"step-{step}").exists():
-        assert proc.poll() is None, "the run ended before it could be killed"
-        assert time.time() < deadline
+        assert proc.poll() is None, f"the run ended before it could be killed: {log.read_text()[-3000:]}"
+        assert time.monotonic() < deadline, f"no checkpoint of step {step} after {timeout} s"
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()

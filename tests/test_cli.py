@@ -42,7 +42,7 @@ def run(capsys):
 def model_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("cli") / "qwen2_vl-tiny"
     r = subprocess.run([ENTRY, "init-model", "--arch", "qwen2_vl", "--size", "tiny", "--out", str(out)],
-                       capture_output=True, text=True, timeout=300)
+                       capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr
     assert "M parameters" in r.stdout
     return out
@@ -55,7 +55,7 @@ def test_entry_point_corrupt_image_one_line_no_traceback(model_dir, tmp_path):
     bad.write_bytes(b"not an image")
     good = EXAMPLE_DIR / "img" / "0_good.png"
     r = subprocess.run([ENTRY, "score", "--model", str(model_dir), "--prompt", "a red circle", str(good),
-                        str(bad)], capture_output=True, text=True, timeout=300)
+                        str(bad)], capture_output=True, text=True, timeout=900)
     assert r.returncode == 1 and "Traceback" not in r.stderr
     errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and str(bad) in errors[0]

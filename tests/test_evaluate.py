@@ -132,7 +132,7 @@ def test_resume_refuses_another_models_scores(preset_dirs, pairs_file, tmp_path)
 def test_eval_cli_writes_the_contract(preset_dirs, pairs_file, tmp_path):
     out = tmp_path / "eval.json"
     r = subprocess.run([ENTRY, "eval", "--model", str(preset_dirs("qwen2_5_vl")), "--layout", "pairwise",
-                        "--data", str(pairs_file), "--json", str(out)], capture_output=True, text=True, timeout=300)
+                        "--data", str(pairs_file), "--json", str(out)], capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr
     result = json.loads(out.read_text())
     overall = result["overall"]
@@ -160,13 +160,13 @@ def test_eval_pointwise_rows_and_bad_rows(preset_dirs, tmp_path):
     data = tmp_path / "points.jsonl"
     data.write_text("\n".join(rows) + "\n")
     r = subprocess.run([ENTRY, "eval", "--model", str(preset_dirs("qwen2_5_vl")), "--data", str(data),
-                        "--json", str(tmp_path / "e.json")], capture_output=True, text=True, timeout=300)
+                        "--json", str(tmp_path / "e.json")], capture_output=True, text=True, timeout=900)
     assert r.returncode == 1 and "Traceback" not in r.stderr  # bad rows: reported, skipped, exit 1
     assert f"{data}:3: malformed JSON" in r.stderr and "missing.png" in r.stderr
     result = json.loads((tmp_path / "e.json").read_text())
     assert result["overall"]["n"] == 4 and set(result["overall"]) >= {"accuracy", "auroc", "ece"}
     strict = subprocess.run([ENTRY, "eval", "--model", str(preset_dirs("qwen2_5_vl")), "--data", str(data),
-                             "--strict"], capture_output=True, text=True, timeout=300)
+                             "--strict"], capture_output=True, text=True, timeout=900)
     assert strict.returncode == 1 and "strict" in strict.stderr and "Traceback" not in strict.stderr
 
 
@@ -225,7 +225,7 @@ def test_eval_data_parallel_equals_one_process_and_survives_a_dead_rank(preset_d
     assert 0 < len(left) < 24 and not out.exists()  # finished rows kept, nothing merged yet
 
     again = subprocess.run([str(Path(sys.executable).parent / "torchrun"), *cmd[1:]], capture_output=True, text=True,
-                           timeout=300, env=env)
+                           timeout=900, env=env)
     assert again.returncode == 0, again.stderr[-3000:]
     # each rank reports its shard (the lines may interleave with rank 0's progress bar)
     shards = {int(r): int(n) for r, n in re.findall(r"rank (\d)/2: scored (\d+) rows", again.stderr)}
@@ -266,7 +266,7 @@ def test_references_cli_matches_pairwise_comparisons(preset_dirs, tmp_path):
     cands.write_text("\n".join(lines) + "\n")
     r = subprocess.run([ENTRY, "references", "--model", str(preset_dirs("qwen2_5_vl")), "--layout", "pairwise",
                         "--input", str(cands), "--out", str(tmp_path / "refs.jsonl")],
-                       capture_output=True, text=True, timeout=300)
+                       capture_output=True, text=True, timeout=900)
     assert r.returncode == 1 and r.stderr.count("skipped:") == 2 and "Traceback" not in r.stderr
     refs = [json.loads(line) for line in (tmp_path / "refs.jsonl").read_text().splitlines()]
     assert [x["prompt"] for x in refs] == ["a red circle", "a blue star"]

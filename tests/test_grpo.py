@@ -151,7 +151,7 @@ ROW_KEYS = ("reward_mean", "reward_std", "reward_std_window", "diversity", "loss
 @pytest.fixture(scope="module")
 def uninterrupted(gen_dir, judges, tmp_path_factory):
     out = tmp_path_factory.mktemp("grpo") / "full"
-    r = subprocess.run(_cmd(out, gen_dir, judges["pairwise"]), capture_output=True, text=True, timeout=300)
+    r = subprocess.run(_cmd(out, gen_dir, judges["pairwise"]), capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     return out
 
@@ -209,7 +209,7 @@ def test_grpo_resumes_after_sigkill_with_identical_rows(uninterrupted, gen_dir, 
     out = tmp_path / "killed"
     kill_at_checkpoint(_cmd(out, gen_dir, judges["pairwise"]), out, 2)
     assert len(metrics_rows(out)) < 5
-    r = subprocess.run(_cmd(out, gen_dir, judges["pairwise"]), capture_output=True, text=True, timeout=300)
+    r = subprocess.run(_cmd(out, gen_dir, judges["pairwise"]), capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     assert_same_rows(metrics_rows(uninterrupted), metrics_rows(out), ROW_KEYS, atol=1e-6)
 
@@ -219,7 +219,7 @@ def test_grpo_data_parallel_two_processes_matches_one(uninterrupted, gen_dir, ju
     env = dict(os.environ, OMP_NUM_THREADS="1")
     launcher = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m")
     r = subprocess.run(_cmd(out, gen_dir, judges["pairwise"], *launcher), capture_output=True, text=True,
-                       timeout=300, env=env)
+                       timeout=900, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     assert json.loads((out / "report.json").read_text())["processes"] == 2
     assert_same_rows(metrics_rows(uninterrupted), metrics_rows(out), ROW_KEYS, atol=1e-4)
@@ -240,7 +240,7 @@ def test_grpo_with_a_remote_reward_served_on_loopback(gen_dir, judges, tmp_path)
         overrides = [o for o in _overrides(out, gen_dir, None, max_steps=1, ground_truth="none")
                      if not o.startswith("reward.rm=")]
         r = subprocess.run([sys.executable, "-m", "rewarddance.cli", "rl", "grpo", *overrides,
-                            f"reward.remote={server.url}"], capture_output=True, text=True, timeout=300)
+                            f"reward.remote={server.url}"], capture_output=True, text=True, timeout=900)
         assert r.returncode == 0, r.stderr[-3000:]
         served = metric(server.url, "rewarddance_requests_total", endpoint="/v1/score", status="200")
         assert served >= 1

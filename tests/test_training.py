@@ -172,7 +172,7 @@ def test_cot_training_and_explain(world, tmp_path):
     assert 0 < p < 1 and isinstance(text, str) and text
     r = subprocess.run([ENTRY, "score", "--model", str(final), "--prompt", rec.prompt, "--reference",
                         str(rec.media["a"]), "--explain", str(rec.media["b"])], capture_output=True, text=True,
-                       timeout=300)
+                       timeout=900)
     assert r.returncode == 0, r.stderr
     assert "reason" in r.stdout.splitlines()[0]
 
@@ -186,7 +186,7 @@ def test_bad_rows_are_reported_and_skipped(world, tmp_path):
     data.write_text("\n".join([rows[0], "{not json", json.dumps(missing), json.dumps(bad_label), *rows[3:]]) + "\n")
     r = subprocess.run([ENTRY, "train", f"model={TINY}", f"data={data}", f"output_dir={tmp_path / 'run'}",
                         "max_steps=2", "batch_size=2", "progress=false", "tensorboard=false"],
-                       capture_output=True, text=True, timeout=300, env=os.environ)
+                       capture_output=True, text=True, timeout=900, env=os.environ)
     assert r.returncode == 0, r.stderr
     skipped = [line for line in r.stderr.splitlines() if line.startswith("skipped:")]
     assert len(skipped) == 3, r.stderr
@@ -196,7 +196,7 @@ def test_bad_rows_are_reported_and_skipped(world, tmp_path):
     assert "3 bad row(s) skipped, 7 used" in r.stderr
     strict = subprocess.run([ENTRY, "train", f"model={TINY}", f"data={data}", "strict=true",
                              f"output_dir={tmp_path / 'strict'}", "max_steps=2", "progress=false"],
-                            capture_output=True, text=True, timeout=300)
+                            capture_output=True, text=True, timeout=900)
     assert strict.returncode == 2 and "Traceback" not in strict.stderr
     assert f"{data}:2: malformed JSON" in strict.stderr and "strict" in strict.stderr
 
