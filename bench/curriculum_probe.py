@@ -1,22 +1,25 @@
-"""Probe: does a curriculum (content-decided pairs first) get the tiny judge off the ln 2 plateau sooner?
+"""Probe: does a curriculum (pass-vs-fail pairs first) get the tiny judge off the ln 2 plateau sooner?
 
 The default pairwise judge from `qwen2_5_vl-tiny-shapeworld` answers P = 0.5 to every pair for its first
 ~1,000 steps on the RM study's 4,000 pairs (docs/training.md, "The ln 2 plateau"). A third of those pairs
 are not decided by content at all (ties, or both images pass or fail the same constraints, decided by
 image quality), and the tiny judge learned one fault alone within 200 steps (89% on colour pairs). So:
 - `baseline`: `rewarddance train` on all pairs for STEPS steps (cosine, the defaults otherwise);
-- `curriculum`: first EASY_STEPS steps on the content-decided pairs only (the preferred image passes
-  every constraint of its prompt and the other fails at least one; read from ShapeWorld's rationales),
-  at a constant rate, then STEPS - EASY_STEPS steps on all pairs from that checkpoint (cosine). The
-  optimizer starts again in the second phase; the total number of updates is the same.
+- `curriculum`: first EASY_STEPS steps on the pass-vs-fail pairs only (the preferred image passes
+  every constraint of its prompt and the other fails at least one; read from ShapeWorld's rationales;
+  pairs where both fail, one fewer, are left for the second phase), at a constant rate, then
+  STEPS - EASY_STEPS steps on all pairs from that checkpoint (cosine). The optimizer starts again in
+  the second phase; the total number of updates is the same. Training reads `label`, so about 10% of
+  the pass-vs-fail rows carry the data's flipped labels too.
 Both are evaluated by `rewarddance eval` on every clean test pair, and on EVAL_MAX test pairs every
 EVAL_STEPS steps during training (the curve that shows when a run leaves the plateau).
 
     rewarddance data world --out runs/data/world --n 4000 --n-test 800
     python bench/curriculum_probe.py --data runs/data/world --out runs/curriculum-probe
 
-Writes OUT/results.json and prints the table: final ID / OOD accuracy of each arm, and its held-out
-curve with the judgment loss.
+Writes OUT/results.json and prints the table: final ID / OOD accuracy of each arm, its held-out accuracy
+curve and the training batches' judgment loss at those steps. A re-run into the same OUT resumes the runs
+of the same arguments (OUT/args.json) and refuses other ones.
 """
 
 from __future__ import annotations
@@ -28,8 +31,8 @@ from pathlib import Path
 from rewarddance.recipes.steps import cli_command, run_step
 
 
-def content_decided(row: dict) -> bool:
-    """Whether the pair's clean preference is decided by content: the preferred image passes every
+def pass_vs_fail(row: dict) -> bool:
+    """Whether the pair's clean preference is pass against fail: the preferred image passes every
     constraint, the other fails one (ShapeWorld's rationale says "Image A shows ...; it fails '...'")."""
     text = row.get("rationale") or ""
     if row.get("label_clean") not in ("a", "b") or "Image A shows" not in text or "Image B shows" not in text:
@@ -41,10 +44,10 @@ def content_decided(row: dict) -> bool:
 
 
 def write_easy(train: Path, out: Path) -> tuple[Path, int, int]:
-    """The content-decided rows of `train`, their image paths made absolute (the file lives elsewhere)."""
+    """The pass-vs-fail rows of `train`, their image paths made absolute (the file lives elsewhere)."""
     rows = [json.loads(t) for t in train.read_text().splitlines() if t.strip()]
     easy = [r | {k: str((train.parent / r[k]).resolve()) for k in ("image_a", "image_b")}
-            for r in rows if content_decided(r)]
+            for r in rows if pass_vs_fail(r)]
     path = out / "easy.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in easy))
     return path, len(easy), len(rows)
@@ -67,7 +70,8 @@ def evaluate(model: Path, test: Path, log: Path) -> dict:
 
 
 def curve(*runs: Path) -> list[dict]:
-    """Held-out accuracy and judgment loss at each evaluation of `runs` (phases, in order)."""
+    """Held-out accuracy and the training judgment loss (last log window) at each evaluation of `runs`
+    (phases, in order; the second phase's steps counted on from the first's)."""
     rows, done = [], 0
     for run in runs:
         last = None
@@ -93,6 +97,11 @@ def main() -> None:
     data, out = Path(args.data), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     log = out / "probe.log"
+    settings = {k: v for k, v in vars(args).items() if k != "out"}
+    recorded = out / "args.json"
+    if recorded.exists() and json.loads(recorded.read_text()) != settings:
+        raise SystemExit(f"{out} holds runs of other arguments ({recorded}): use another --out")
+    recorded.write_text(json.dumps(settings) + "\n")
     easy, n_easy, n_all = write_easy(data / "train.jsonl", out)
     test = data / "test.jsonl"
     evals = [f"eval_steps={args.eval_steps}", f"eval_max={args.eval_max}", f"save_steps={args.eval_steps}"]
@@ -102,19 +111,20 @@ def main() -> None:
     phase2 = train(out / "curriculum-2", log, data / "train.jsonl", test, str(phase1), args.steps - args.easy_steps,
                    *evals)
     result = {"command": f"python bench/curriculum_probe.py --data {args.data} --out {args.out} --model {args.model} "
-                         f"--steps {args.steps} --easy-steps {args.easy_steps}",
+                         f"--steps {args.steps} --easy-steps {args.easy_steps} --eval-steps {args.eval_steps} "
+                         f"--eval-max {args.eval_max}",
               "easy_pairs": n_easy, "all_pairs": n_all,
               "baseline": {**evaluate(base, test, log), "curve": curve(out / "baseline")},
               "curriculum": {**evaluate(phase2, test, log),
                              "curve": curve(out / "curriculum-1", out / "curriculum-2")}}
     (out / "results.json").write_text(json.dumps(result, indent=1) + "\n")
-    print(f"content-decided pairs: {n_easy} of {n_all}")
+    print(f"pass-vs-fail pairs: {n_easy} of {n_all}")
     for arm in ("baseline", "curriculum"):
         r = result[arm]
         print(f"{arm}: ID {100 * r['id']:.1f}% / OOD {100 * r['ood']:.1f}%")
         for c in r["curve"]:
             print(f"  step {c['step']:5d}  held-out {100 * c['eval_accuracy']:.1f}%  "
-                  f"judgment loss {c['judgment_loss']}")
+                  f"train judgment loss {c['judgment_loss']}")
 
 
 if __name__ == "__main__":

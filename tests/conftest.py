@@ -144,12 +144,15 @@ def kill_at_checkpoint(cmd: list[str], out, step: int, timeout: float = 600) -> 
     with log.open("w") as f:
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=f)
     deadline = time.monotonic() + timeout  # generous: the machine may be shared with other jobs
-    while not (out / "checkpoints" / f"step-{step}").exists():
-        assert proc.poll() is None, f"the run ended before it could be killed: {log.read_text()[-3000:]}"
-        assert time.monotonic() < deadline, f"no checkpoint of step {step} after {timeout} s"
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    try:
+        while not (out / "checkpoints" / f"step-{step}").exists():
+            assert proc.poll() is None, f"the run ended before it could be killed: {log.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, f"no checkpoint of step {step} after {timeout} s: " \
+                                                f"{log.read_text()[-3000:]}"
+            time.sleep(0.05)
+    finally:  # killed at the checkpoint, or on a failed assertion (no run left behind to load later tests)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
 
 
 def assert_lora_export_matches_final(gen_dir, run_dir, prompts) -> None:
