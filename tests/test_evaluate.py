@@ -22,7 +22,7 @@ from rewarddance.evaluate import metrics
 from rewarddance.evaluate.references import best_of_n, select, select_references
 from rewarddance.evaluate.scoring import ScoreFileMismatch, read_rows, score_manifest
 
-from .conftest import smooth_images
+from .conftest import run_ok, smooth_images
 
 ENTRY = str(Path(sys.executable).parent / "rewarddance")
 
@@ -224,9 +224,7 @@ def test_eval_data_parallel_equals_one_process_and_survives_a_dead_rank(preset_d
     left = read_rows([scores.with_name(scores.name + ".rank0"), part1])
     assert 0 < len(left) < 24 and not out.exists()  # finished rows kept, nothing merged yet
 
-    again = subprocess.run([str(Path(sys.executable).parent / "torchrun"), *cmd[1:]], capture_output=True, text=True,
-                           timeout=900, env=env)
-    assert again.returncode == 0, again.stderr[-3000:]
+    again = run_ok([str(Path(sys.executable).parent / "torchrun"), *cmd[1:]], env=env)
     # each rank reports its shard (the lines may interleave with rank 0's progress bar)
     shards = {int(r): int(n) for r, n in re.findall(r"rank (\d)/2: scored (\d+) rows", again.stderr)}
     assert set(shards) == {0, 1} and all(n > 0 for n in shards.values()), again.stderr[-2000:]

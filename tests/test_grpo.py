@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import subprocess
 import sys
 
 import numpy as np
@@ -20,7 +19,7 @@ from rewarddance.recipes.grpo import GRPO_ROW_KEYS, GRPOConfig, RewardSpec, grpo
 from rewarddance.rl.grpo import (group_advantages, group_win_rates, grpo_loss, mix_rewards, sample_with_logprob,
                                  sde_step, step_log_prob)
 
-from .conftest import assert_lora_export_matches_final, assert_same_rows, kill_at_checkpoint, metrics_rows
+from .conftest import assert_lora_export_matches_final, assert_same_rows, kill_at_checkpoint, metrics_rows, run_ok
 
 PROMPTS = ["two red circles", "a blue star above a green ring"]
 
@@ -151,8 +150,7 @@ ROW_KEYS = ("reward_mean", "reward_std", "reward_std_window", "diversity", "loss
 @pytest.fixture(scope="module")
 def uninterrupted(gen_dir, judges, tmp_path_factory):
     out = tmp_path_factory.mktemp("grpo") / "full"
-    r = subprocess.run(_cmd(out, gen_dir, judges["pairwise"]), capture_output=True, text=True, timeout=900)
-    assert r.returncode == 0, r.stderr[-3000:]
+    run_ok(_cmd(out, gen_dir, judges["pairwise"]))
     return out
 
 
@@ -209,8 +207,7 @@ def test_grpo_resumes_after_sigkill_with_identical_rows(uninterrupted, gen_dir, 
     out = tmp_path / "killed"
     kill_at_checkpoint(_cmd(out, gen_dir, judges["pairwise"]), out, 2)
     assert len(metrics_rows(out)) < 5
-    r = subprocess.run(_cmd(out, gen_dir, judges["pairwise"]), capture_output=True, text=True, timeout=900)
-    assert r.returncode == 0, r.stderr[-3000:]
+    run_ok(_cmd(out, gen_dir, judges["pairwise"]))
     assert_same_rows(metrics_rows(uninterrupted), metrics_rows(out), ROW_KEYS, atol=1e-6)
 
 
@@ -218,9 +215,7 @@ def test_grpo_data_parallel_two_processes_matches_one(uninterrupted, gen_dir, ju
     out = tmp_path / "ddp"
     env = dict(os.environ, OMP_NUM_THREADS="1")
     launcher = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m")
-    r = subprocess.run(_cmd(out, gen_dir, judges["pairwise"], *launcher), capture_output=True, text=True,
-                       timeout=900, env=env)
-    assert r.returncode == 0, r.stderr[-3000:]
+    run_ok(_cmd(out, gen_dir, judges["pairwise"], *launcher), env=env)
     assert json.loads((out / "report.json").read_text())["processes"] == 2
     assert_same_rows(metrics_rows(uninterrupted), metrics_rows(out), ROW_KEYS, atol=1e-4)
 
@@ -239,9 +234,7 @@ def test_grpo_with_a_remote_reward_served_on_loopback(gen_dir, judges, tmp_path)
         out = tmp_path / "remote"
         overrides = [o for o in _overrides(out, gen_dir, None, max_steps=1, ground_truth="none")
                      if not o.startswith("reward.rm=")]
-        r = subprocess.run([sys.executable, "-m", "rewarddance.cli", "rl", "grpo", *overrides,
-                            f"reward.remote={server.url}"], capture_output=True, text=True, timeout=900)
-        assert r.returncode == 0, r.stderr[-3000:]
+        run_ok([sys.executable, "-m", "rewarddance.cli", "rl", "grpo", *overrides, f"reward.remote={server.url}"])
         served = metric(server.url, "rewarddance_requests_total", endpoint="/v1/score", status="200")
         assert served >= 1
         # Best-of-N and its references through the same server (`rl best-of-n remote=URL`)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 
 import numpy as np
@@ -152,9 +151,7 @@ def test_refl_data_parallel_two_processes_matches_one(uninterrupted, gen_dir, ju
     out = tmp_path / "ddp"
     env = dict(os.environ, OMP_NUM_THREADS="1")
     launcher = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m")
-    r = subprocess.run(_refl_cmd(out, gen_dir, judges["pairwise"], *launcher), capture_output=True, text=True,
-                       timeout=900, env=env)
-    assert r.returncode == 0, r.stderr[-3000:]
+    run_ok(_refl_cmd(out, gen_dir, judges["pairwise"], *launcher), env=env)
     assert json.loads((out / "report.json").read_text())["processes"] == 2
     assert_same_rows(metrics_rows(uninterrupted), metrics_rows(out), ROW_KEYS, atol=1e-4)
 
@@ -194,12 +191,10 @@ def test_search_recipes_write_their_tables(judges, gen_dir, tmp_path):
 
     # torchrun, 2 CPU processes: the prompts are split, the merged table is the one-process table
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
-                        "rewarddance.cli", "rl", "search", f"rm={judges['pairwise']}", f"generator={gen_dir}",
-                        f"output_dir={tmp_path / 'ddp'}", "n=[2,3]", "paths=[2]", "branches=2", "every=2", "back=1",
-                        "num_steps=4", "reference_candidates=2", "eval_prompts_per_category=1", "progress=false"],
-                       capture_output=True, text=True, timeout=900, env=env)
-    assert r.returncode == 0, r.stderr[-3000:]
+    run_ok([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+            "rewarddance.cli", "rl", "search", f"rm={judges['pairwise']}", f"generator={gen_dir}",
+            f"output_dir={tmp_path / 'ddp'}", "n=[2,3]", "paths=[2]", "branches=2", "every=2", "back=1",
+            "num_steps=4", "reference_candidates=2", "eval_prompts_per_category=1", "progress=false"], env=env)
     ddp = json.loads((tmp_path / "ddp" / "results.json").read_text())
     assert ddp["processes"] == 2 and result["processes"] == 1
 

@@ -24,6 +24,8 @@ from rewarddance.models.checkpoint import CheckpointError
 from rewarddance.models.presets import preset_path
 from rewarddance.recipes.train_rm import TrainConfig, train
 
+from .conftest import run_ok
+
 ENTRY = str(Path(sys.executable).with_name("rewarddance"))
 TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
 
@@ -240,13 +242,9 @@ def test_data_parallel_two_processes_match_one(world, tmp_path):
     labels = [json.loads(t)["label"] for t in data.read_text().splitlines()]
     assert "tie" in labels  # dropped ties make the ranks' item counts uneven: the normalisation is tested
     env = os.environ | {"OMP_NUM_THREADS": "1"}
-    one = subprocess.run([sys.executable, *_train_cmd(data, tmp_path / "one", "max_steps=4")],
-                         capture_output=True, text=True, timeout=600, env=env)
-    assert one.returncode == 0, one.stderr[-3000:]
-    two = subprocess.run([TORCHRUN, "--standalone", "--nproc_per_node", "2",
-                          *_train_cmd(data, tmp_path / "two", "max_steps=4")],
-                         capture_output=True, text=True, timeout=600, env=env)
-    assert two.returncode == 0, two.stderr[-3000:]
+    run_ok([sys.executable, *_train_cmd(data, tmp_path / "one", "max_steps=4")], timeout=600, env=env)
+    run_ok([TORCHRUN, "--standalone", "--nproc_per_node", "2", *_train_cmd(data, tmp_path / "two", "max_steps=4")],
+           timeout=600, env=env)
     info = json.loads((tmp_path / "two" / "final" / "rewarddance.json").read_text())["training"]
     assert info["num_processes"] == 2
     assert len(info["rank_weight_checksums"]) == 2 and len(set(info["rank_weight_checksums"])) == 1
@@ -259,9 +257,7 @@ def test_data_parallel_two_processes_match_one(world, tmp_path):
 
 def test_sigkill_then_resume_repeats_the_uninterrupted_losses(fixed_pairs, world, tmp_path):
     data = world / "train.jsonl"
-    whole = subprocess.run([sys.executable, *_train_cmd(data, tmp_path / "whole", "max_steps=8", "save_steps=3")],
-                           capture_output=True, text=True, timeout=600)
-    assert whole.returncode == 0, whole.stderr[-3000:]
+    run_ok([sys.executable, *_train_cmd(data, tmp_path / "whole", "max_steps=8", "save_steps=3")], timeout=600)
     out = tmp_path / "killed"
     cmd = [sys.executable, *_train_cmd(data, out, "max_steps=8", "save_steps=3")]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -273,8 +269,7 @@ def test_sigkill_then_resume_repeats_the_uninterrupted_losses(fixed_pairs, world
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert (out / "checkpoints" / "step-3").exists() and not (out / "final").exists()
-    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    assert again.returncode == 0, again.stderr[-3000:]
+    again = run_ok(cmd, timeout=600)
     assert "resuming from" in again.stderr
     a, b = _metrics(tmp_path / "whole"), _metrics(out)
     assert [r["step"] for r in b] == list(range(1, 9))
