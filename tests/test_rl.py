@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 
 import numpy as np
@@ -249,3 +250,21 @@ def test_rl_study_with_given_judges_writes_the_contract_and_resumes(judges, gen_
     mtime = (tmp_path / "study" / "refl-pairwise" / "report.json").stat().st_mtime
     study_rl(tmp_path / "study", rms=rms, settings=s)  # finished arms are skipped
     assert (tmp_path / "study" / "refl-pairwise" / "report.json").stat().st_mtime == mtime
+
+    # carried over: only the rows (and the curves' metrics) copied into a fresh OUT run nothing again ...
+    carried = tmp_path / "carried"
+    for name in ("refl-pairwise", "refl-pointwise", "grpo-pointwise", "search"):
+        (carried / name).mkdir(parents=True)
+        for f in ("row.json", "metrics.jsonl"):
+            if (tmp_path / "study" / name / f).exists():
+                shutil.copy(tmp_path / "study" / name / f, carried / name / f)
+    again = study_rl(carried, rms=rms, settings=s)
+    assert not (carried / "study.log").exists()  # no step ran
+    assert [{k: a[k] for k in keys} for a in again["arms"]] == [{k: a[k] for k in keys} for a in result["arms"]]
+    # ... and a row written under other settings is run again: that arm only
+    row = json.loads((carried / "refl-pairwise" / "row.json").read_text())
+    (carried / "refl-pairwise" / "row.json").write_text(json.dumps(row | {"key": "other settings"}))
+    study_rl(carried, rms=rms, settings=s)
+    steps = [line for line in (carried / "study.log").read_text().splitlines() if line.startswith("$ ")]
+    assert len(steps) == 1 and " rl refl " in steps[0] and "refl-pairwise" in steps[0], steps
+    assert json.loads((carried / "refl-pairwise" / "row.json").read_text())["key"] == row["key"]

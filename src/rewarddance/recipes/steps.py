@@ -1,13 +1,19 @@
 """A study's steps: each one `rewarddance` command (the same a user runs) in a subprocess, its output
-appended to the study's log, so that every step is resumable on its own and its log is kept."""
+appended to the study's log, so that every step is resumable on its own and its log is kept; and the
+keyed files a study resumes from (a result is reused only under the settings it was made with)."""
 
 from __future__ import annotations
 
+import json
 import shlex
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
+
+from ..train.engine import atomic_write_text
 
 
 def cli_command() -> list[str]:
@@ -29,3 +35,29 @@ def run_step(cmd: list[str], log: Path) -> float:
         tail = "".join(log.read_text().splitlines(keepends=True)[-15:])
         raise RuntimeError(f"study step failed (exit {r.returncode}): {' '.join(cmd)}\n{tail}")
     return (time.perf_counter() - t0) / 60
+
+
+def write_json(path: Path, content: dict[str, Any]) -> None:
+    """`content` as JSON in `path`, atomically (an interrupted write leaves the old file or none)."""
+    atomic_write_text(path, json.dumps(content, indent=1) + "\n")
+
+
+def read_keyed(path: Path, key: str) -> dict[str, Any] | None:
+    """The JSON object in `path` if it was written under `key` (the settings it depends on), else None."""
+    if path.exists():
+        content = json.loads(path.read_text())
+        if content.get("key") == key:
+            return content
+    return None
+
+
+def start_folder(folder: Path, key: str) -> Path:
+    """Mark `folder` as being filled under `key` and return the marker (unlink it when done). A folder left
+    by other settings (a row, checkpoints, an evaluation) is removed first: never mixed into this one; a
+    half-done one of the same settings is kept, and its steps resume."""
+    started = folder / "started"
+    if folder.exists() and not (started.exists() and started.read_text() == key):
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    started.write_text(key)
+    return started

@@ -20,7 +20,11 @@ start, judge quality is varied by training budget: `generative` (the full budget
 (a tenth of it) and the `regressive-bt` baseline (the full budget).
 
 Every step runs as its own command (the same ones a user runs), so each is resumable on its own:
-a re-run skips finished judges and arms and resumes a half-finished ReFL run from its checkpoint.
+a re-run skips finished judges and arms and resumes a half-finished ReFL run from its checkpoint. A
+finished arm's row (OUT/<arm>/row.json) carries a key of everything it depends on (its judge's settings
+or weights, the arm's settings, the generator's weights): a row under another key is run again, and
+rows copied into a fresh OUT on another machine are reused without retraining their judges, so a study
+longer than one sitting can be carried over in its rows.
 Writes OUT/results.json (`{"arms": [...]}`, the contract), OUT/results.md, OUT/curves.png, and
 each arm's own files in OUT/<arm>/.
 """
@@ -36,9 +40,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..generators import generator_path
+from ..models.checkpoint import weights_file_digest
 from ..models.presets import cache_root
 from ..train.engine import MetricsLog
-from .steps import cli_command, run_step
+from .steps import cli_command, read_keyed, run_step, start_folder, write_json
 
 
 @dataclass
@@ -64,7 +70,10 @@ class StudySettings:
     num_steps: int = 20  # sampling steps, every arm
 
 
-FULL = StudySettings()
+# The full study's budget is 180 minutes on 2 cores; its arms are capped by wall clock: about 20 min of judges,
+# 3 ReFL arms x 25 and 3 GRPO arms x 12 (GRPO with the checker itself gained nothing in 10-15 min here:
+# docs/rl.md) and the search, ~150 min in all (an estimate from the arms' caps and the quick study's times).
+FULL = StudySettings(refl_overrides=["max_minutes=25"], grpo_overrides=["max_minutes=12", "lr=2e-3"])
 # 2 cores, empty cache (2026-11-22): 17.2 min for judges (4.5) + 3 ReFL arms of 25 steps (~3.0 each, 4
 # evaluations) + search (1.7). Now: 20 ReFL steps with 2 evaluations and Best-of-2 references, and one
 # GRPO arm (8 steps of 2 prompts x 4 samples). lr=1e-3: at the recipe's 1e-4 a fresh LoRA barely moves in
@@ -91,22 +100,45 @@ def judge_specs(s: StudySettings) -> dict[str, list[str]]:
     }
 
 
-def prepare_judges(s: StudySettings, log: Path) -> tuple[dict[str, Path], dict[str, dict]]:
-    """Train (or find cached) the study's judges and evaluate them; name -> final dir, name -> eval summary."""
-    root = cache_root() / "study-rl"
-    data = root / f"world-{s.data_n}-{s.data_n_test}"
-    if not (data / "test.jsonl").exists():
-        run_step([*cli_command(), "data", "world", "--out", str(data), "--n", str(s.data_n),
-                  "--n-test", str(s.data_n_test)], log)
-    dirs, evals = {}, {}
-    for name, overrides in judge_specs(s).items():
-        out = root / f"judge-{name}-{_key(overrides, s.data_n)}"
+class Judges:
+    """The study's judges by name: given (`--rm NAME=DIR`), or trained by the study through `rewarddance train`
+    (cached in `$REWARDDANCE_CACHE/study-rl/`) and measured with `rewarddance eval`. A judge is made only when
+    an unfinished arm needs it: a study resumed from its finished arms' rows (another machine, a fresh cache)
+    trains nothing it does not use."""
+
+    def __init__(self, s: StudySettings, rms: dict[str, str] | None, log: Path):
+        self.s, self.rms, self.log = s, rms, log
+        self.names = list(rms) if rms else list(judge_specs(s))
+        self._made: dict[str, tuple[Path, dict | None]] = {}
+
+    def key(self, name: str) -> list:
+        """What an arm's result depends on through its judge: a given judge's directory and weights, a
+        trained one's settings; the rule reward ("checker") is itself."""
+        if name == "checker":
+            return ["checker"]
+        if self.rms:
+            path = Path(self.rms[name])
+            return [str(path), weights_file_digest(path) if path.is_dir() else None]
+        return [judge_specs(self.s)[name], self.s.data_n, self.s.data_n_test]
+
+    def get(self, name: str) -> tuple[Path, dict | None]:
+        """(the judge's directory, its test accuracy or None for a given judge), made on first use."""
+        if name not in self._made:
+            self._made[name] = (Path(self.rms[name]), None) if self.rms else self._train(name)
+        return self._made[name]
+
+    def _train(self, name: str) -> tuple[Path, dict]:
+        root = cache_root() / "study-rl"
+        data = root / f"world-{self.s.data_n}-{self.s.data_n_test}"
+        if not (data / "test.jsonl").exists():
+            run_step([*cli_command(), "data", "world", "--out", str(data), "--n", str(self.s.data_n),
+                      "--n-test", str(self.s.data_n_test)], self.log)
+        overrides = judge_specs(self.s)[name]
+        out = root / f"judge-{name}-{_key(overrides, self.s.data_n)}"
         if not (out / "final" / "rewarddance.json").exists():
             run_step([*cli_command(), "train", f"data={data / 'train.jsonl'}", f"output_dir={out}", "progress=false",
-                  "eval_steps=100000", *overrides], log)
-        dirs[name] = out / "final"
-        evals[name] = evaluate_judge(dirs[name], data / "test.jsonl", log)
-    return dirs, evals
+                      "eval_steps=100000", *overrides], self.log)
+        return out / "final", evaluate_judge(out / "final", data / "test.jsonl", self.log)
 
 
 def evaluate_judge(judge: Path, test: Path, log: Path) -> dict:
@@ -120,26 +152,40 @@ def evaluate_judge(judge: Path, test: Path, log: Path) -> dict:
             "accuracy_id": splits.get("id", {}).get("accuracy"), "accuracy_ood": splits.get("ood", {}).get("accuracy")}
 
 
-def refl_arm(name: str, judge: Path, s: StudySettings, out: Path, log: Path) -> dict:
-    arm = out / name
-    if not (arm / "report.json").exists():
-        run_step([*cli_command(), "rl", "refl", f"rm={judge}", f"output_dir={arm}", f"max_steps={s.refl_steps}",
-              f"generator={s.generator}", f"num_steps={s.num_steps}",
-              f"eval_steps={s.eval_steps}", f"eval_prompts_per_category={s.eval_prompts_per_category}",
-              f"eval_seeds={s.eval_seeds}", "progress=false", *s.refl_overrides], log)
-    return _arm_row(name, str(judge), "refl", json.loads((arm / "report.json").read_text()))
+def generation_settings(s: StudySettings) -> dict[str, Any]:
+    """What every arm's samples and held-out evaluation depend on, the generator's weights included (a
+    generator retrained in place starts every arm elsewhere)."""
+    return {"generator": s.generator, "generator_weights": weights_file_digest(generator_path(s.generator),
+                                                                               recursive=True),
+            "num_steps": s.num_steps, "eval_prompts_per_category": s.eval_prompts_per_category,
+            "eval_seeds": s.eval_seeds, "eval_steps": s.eval_steps}
 
 
-def grpo_arm(name: str, judge: Path | str, s: StudySettings, out: Path, log: Path) -> dict:
-    """A GRPO arm against a judge directory, or against the ShapeWorld checker (judge "checker")."""
-    arm = out / name
-    reward = "reward.checker=shapeworld" if str(judge) == "checker" else f"reward.rm={judge}"
-    if not (arm / "report.json").exists():
-        run_step([*cli_command(), "rl", "grpo", reward, f"output_dir={arm}", f"max_steps={s.grpo_steps}",
-              f"generator={s.generator}", f"eval_num_steps={s.num_steps}", f"eval_steps={s.eval_steps}",
-              f"eval_prompts_per_category={s.eval_prompts_per_category}", f"eval_seeds={s.eval_seeds}",
-              "progress=false", *s.grpo_overrides], log)
-    return _arm_row(name, str(judge), "grpo", json.loads((arm / "report.json").read_text()))
+def training_arm(method: str, name: str, judge_name: str, judges: Judges, s: StudySettings, out: Path,
+                 log: Path, generation: dict[str, Any]) -> dict:
+    """A ReFL or GRPO arm (`rewarddance rl refl|grpo`, resumable) against a judge or, for GRPO, the checker
+    ("checker"); its results.json row, kept in OUT/<name>/row.json under the arm's key."""
+    folder = out / name
+    steps, overrides = (s.refl_steps, s.refl_overrides) if method == "refl" else (s.grpo_steps, s.grpo_overrides)
+    key = _key(method, judges.key(judge_name), steps, overrides, generation)
+    if (row := read_keyed(folder / "row.json", key)) is not None:
+        return row
+    started = start_folder(folder, key)
+    judge, judge_eval = ("checker", None) if judge_name == "checker" else judges.get(judge_name)
+    if not (folder / "report.json").exists():
+        if method == "refl":
+            cmd = ["rl", "refl", f"rm={judge}", f"num_steps={s.num_steps}"]
+        else:
+            reward = "reward.checker=shapeworld" if judge_name == "checker" else f"reward.rm={judge}"
+            cmd = ["rl", "grpo", reward, f"eval_num_steps={s.num_steps}"]
+        run_step([*cli_command(), *cmd, f"output_dir={folder}", f"max_steps={steps}", f"generator={s.generator}",
+                  f"eval_steps={s.eval_steps}", f"eval_prompts_per_category={s.eval_prompts_per_category}",
+                  f"eval_seeds={s.eval_seeds}", "progress=false", *overrides], log)
+    row = _arm_row(name, str(judge), method, json.loads((folder / "report.json").read_text()))
+    row |= {"judge": judge_name, "judge_eval": judge_eval, "key": key}
+    write_json(folder / "row.json", row)
+    started.unlink()
+    return row
 
 
 def _arm_row(name: str, judge: str, method: str, r: dict) -> dict:
@@ -152,8 +198,16 @@ def _arm_row(name: str, judge: str, method: str, r: dict) -> dict:
             "reward_mean_after": r.get("reward_mean_after")}
 
 
-def search_arms(judge: Path, s: StudySettings, out: Path, log: Path) -> list[dict]:
+def search_arms(judge_name: str, judges: Judges, s: StudySettings, out: Path, log: Path,
+                generation: dict[str, Any]) -> list[dict]:
+    """Best-of-N and search over paths with one judge (one `rewarddance rl search` run in OUT/search, its files
+    copied into each arm's folder); their rows, kept in OUT/search/row.json under the run's key."""
     arm = out / "search"
+    key = _key("search", judges.key(judge_name), s.search_n, s.search_paths, generation)
+    if (done := read_keyed(arm / "row.json", key)) is not None:
+        return done["rows"]
+    started = start_folder(arm, key)
+    judge, judge_eval = judges.get(judge_name)
     if not (arm / "results.json").exists():
         run_step([*cli_command(), "rl", "search", f"rm={judge}", f"output_dir={arm}", f"n={s.search_n}",
               f"generator={s.generator}", f"num_steps={s.num_steps}",
@@ -164,44 +218,48 @@ def search_arms(judge: Path, s: StudySettings, out: Path, log: Path) -> list[dic
     for name in names:  # one run measures them all: each arm's folder holds its files
         (out / name).mkdir(exist_ok=True)
         for f in arm.iterdir():
-            if f.is_file():
+            if f.is_file() and f.name not in ("started", "row.json"):
                 shutil.copy2(f, out / name / f.name)
     before = r["random_sample_gt_pass_rate"]
     best_n = max(r["best_of_n"], key=lambda p: p["n"])
-    rows = [{"name": "best-of-n", "rm": str(judge), "method": "best-of-n", "gt_pass_rate_before": before,
-             "gt_pass_rate_after": best_n["gt_pass_rate"], "reward_std_window_last": None, "diversity_before": None,
-             "diversity_after": None, "hacking_flagged": False, "judge_calls": best_n["judge_calls"]}]
+    common = {"rm": str(judge), "judge": judge_name, "judge_eval": judge_eval, "gt_pass_rate_before": before,
+              "reward_std_window_last": None, "diversity_before": None, "diversity_after": None,
+              "hacking_flagged": False}
+    rows = [{"name": "best-of-n", "method": "best-of-n", **common, "gt_pass_rate_after": best_n["gt_pass_rate"],
+             "judge_calls": best_n["judge_calls"]}]
     for c in r["search_vs_best_of_n"]:
-        rows.append({"name": f"search-paths{c['paths']}", "rm": str(judge), "method": "search",
-                     "gt_pass_rate_before": before, "gt_pass_rate_after": c["search_gt_pass_rate"],
-                     "reward_std_window_last": None, "diversity_before": None, "diversity_after": None,
-                     "hacking_flagged": False, "judge_calls": c["judge_calls"],
+        rows.append({"name": f"search-paths{c['paths']}", "method": "search", **common,
+                     "gt_pass_rate_after": c["search_gt_pass_rate"], "judge_calls": c["judge_calls"],
                      "best_of_n_same_calls": c["best_of_n_gt_pass_rate"]})
+    write_json(arm / "row.json", {"key": key, "rows": rows})
+    started.unlink()
     return rows
 
 
 def study_rl(out: str | Path, *, quick: bool = False, rms: dict[str, str] | None = None,
              settings: StudySettings | None = None) -> dict:
-    """Run (or resume) the study; returns results.json's content. `settings` replaces the quick/full ones."""
+    """Run (or resume) the study; returns results.json's content. `settings` replaces the quick/full ones.
+    Finished arms are read from their rows (OUT/<arm>/row.json, OUT/search/row.json) when their key (judge,
+    settings, generator weights) matches, so a study also resumes from rows copied from another machine.
+
+        >>> study_rl("runs/study-rl-quick", quick=True)["arms"][0]["gt_pass_rate_after"]  # doctest: +SKIP
+        0.40625
+    """
     t0 = time.perf_counter()
     s = settings or (QUICK if quick else FULL)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     log = out / "study.log"
-    if rms:
-        judges, evals = {k: Path(v) for k, v in rms.items()}, {}
-    else:
-        judges, evals = prepare_judges(s, log)
-    arms = [refl_arm(f"refl-{name}", path, s, out, log) | {"judge_eval": evals.get(name)}
-            for name, path in judges.items()]
-    best = "generative" if "generative" in judges else next(iter(judges))
+    judges = Judges(s, rms, log)
+    generation = generation_settings(s)
+    arms = [training_arm("refl", f"refl-{name}", name, judges, s, out, log, generation) for name in judges.names]
+    best = "generative" if "generative" in judges.names else judges.names[0]
     for name in s.grpo_judges:
-        if name == "checker" or name in judges:
-            target = "checker" if name == "checker" else judges[name]
-            arms.append(grpo_arm(f"grpo-{name}", target, s, out, log) | {"judge_eval": evals.get(name)})
-    arms += search_arms(judges[best], s, out, log)
-    result = {"arms": arms, "quick": quick, "settings": asdict(s), "judges": {k: str(v) for k, v in judges.items()},
-              "judge_eval": evals, "minutes_this_run": round((time.perf_counter() - t0) / 60, 2),
+        if name == "checker" or name in judges.names:
+            arms.append(training_arm("grpo", f"grpo-{name}", name, judges, s, out, log, generation))
+    arms += search_arms(best, judges, s, out, log, generation)
+    result = {"arms": arms, "quick": quick, "settings": asdict(s), "generation": generation,
+              "minutes_this_run": round((time.perf_counter() - t0) / 60, 2),
               "command": "rewarddance study rl" + (" --quick" if quick else "") + f" --out {out}"}
     (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / "results.md").write_text(markdown(result) + "\n")

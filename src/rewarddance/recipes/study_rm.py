@@ -28,7 +28,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -39,7 +38,7 @@ from ..evaluate.report import pct
 from ..models.checkpoint import read_checkpoint_config
 from ..models.presets import cache_root
 from ..train.engine import MetricsLog, atomic_write_text
-from .steps import cli_command, run_step
+from .steps import cli_command, read_keyed, run_step, start_folder, write_json
 
 OBJECTIVES = ("generative-pairwise", "generative-pointwise", "regressive-bt", "clip-bt")
 
@@ -200,34 +199,9 @@ def arm_key(arm: Arm, s: StudySettings, data: Path) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def _write_json(path: Path, content: dict[str, Any]) -> None:
-    atomic_write_text(path, json.dumps(content, indent=1) + "\n")
-
-
-def _read_keyed(path: Path, key: str) -> dict[str, Any] | None:
-    """The JSON object in `path` if it was written under `key` (the settings it depends on), else None."""
-    if path.exists():
-        content = json.loads(path.read_text())
-        if content.get("key") == key:
-            return content
-    return None
-
-
-def _start(folder: Path, key: str) -> Path:
-    """Mark `folder` as being filled under `key` and return the marker (unlink it when done). A folder left
-    by other settings (a row, checkpoints, an evaluation) is removed first: never mixed into this one; a
-    half-done one of the same settings is kept, and its steps resume."""
-    started = folder / "started"
-    if folder.exists() and not (started.exists() and started.read_text() == key):
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    started.write_text(key)
-    return started
-
-
 def finished_row(arm: Arm, s: StudySettings, data: Path, out: Path) -> dict[str, Any] | None:
     """The arm's row from an earlier run of the same settings, else None."""
-    return _read_keyed(out / "arms" / arm.name / "row.json", arm_key(arm, s, data))
+    return read_keyed(out / "arms" / arm.name / "row.json", arm_key(arm, s, data))
 
 
 def run_arm(arm: Arm, s: StudySettings, data: Path, out: Path, log: Path) -> dict[str, Any]:
@@ -237,7 +211,7 @@ def run_arm(arm: Arm, s: StudySettings, data: Path, out: Path, log: Path) -> dic
     key = arm_key(arm, s, data)
     if (row := finished_row(arm, s, data, out)) is not None:
         return row
-    started = _start(folder, key)
+    started = start_folder(folder, key)
     train, test = arm_files(arm, data)
     model = [] if arm.objective == "clip-bt" else [f"model={arm.model}"]
     clip = [f"clip_size={arm.size}"] if arm.objective == "clip-bt" else []
@@ -263,7 +237,7 @@ def run_arm(arm: Arm, s: StudySettings, data: Path, out: Path, log: Path) -> dic
            "accuracy": result["overall"].get("accuracy"), "n_test": result["overall"].get("n"),
            "train_minutes": training["minutes"], "train_steps": training["step"], "pretrain_minutes": pretrain,
            "curve": [{"step": r["step"], "loss": r.get("loss")} for r in steps], "key": key}
-    _write_json(folder / "row.json", row)
+    write_json(folder / "row.json", row)
     started.unlink()
     return row
 
@@ -297,9 +271,9 @@ def reference_candidates(s: StudySettings, folder: Path) -> tuple[Path, Path]:
 
     pool, ranked = folder / "pool.jsonl", folder / "ranked.jsonl"
     key = hashlib.sha256(json.dumps(candidate_settings(s), sort_keys=True).encode()).hexdigest()[:12]
-    if _read_keyed(folder / "done.json", key) is not None:
+    if read_keyed(folder / "done.json", key) is not None:
         return pool, ranked
-    started = _start(folder, key)
+    started = start_folder(folder, key)
     prompts = [p for ps in heldout_prompts(COMPOSITIONAL, s.ref_prompts_per_category, seed=777).values() for p in ps]
     gen = load_generator(generator_path(s.generator))
     n = s.ref_pool + s.ref_ranked
@@ -316,7 +290,7 @@ def reference_candidates(s: StudySettings, folder: Path) -> tuple[Path, Path]:
                 {"id": f"{i:03d}-{j}", "prompt": prompt, "image": name, "checker_score": score})
     for path, part in ((pool, rows["pool"]), (ranked, rows["ranked"])):
         atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in part))
-    _write_json(folder / "done.json", {"key": key, "prompts": len(prompts)})  # last: the candidates are complete
+    write_json(folder / "done.json", {"key": key, "prompts": len(prompts)})  # last: the candidates are complete
     started.unlink()
     return pool, ranked
 
@@ -342,7 +316,7 @@ def reference_key(judge: dict[str, Any], s: StudySettings) -> str:
 
 def finished_reference(judge: dict[str, Any], s: StudySettings, out: Path) -> dict[str, Any] | None:
     """The reference-quality table of an earlier run for this judge and these settings, else None."""
-    return _read_keyed(out / "reference-quality" / "result.json", reference_key(judge, s))
+    return read_keyed(out / "reference-quality" / "result.json", reference_key(judge, s))
 
 
 def run_reference_quality(judge: dict[str, Any], s: StudySettings, out: Path, log: Path) -> dict[str, Any]:
@@ -356,7 +330,7 @@ def run_reference_quality(judge: dict[str, Any], s: StudySettings, out: Path, lo
     key = reference_key(judge, s)
     if (done := finished_reference(judge, s, out)) is not None:
         return done
-    started = _start(folder, key)
+    started = start_folder(folder, key)
     model = str(out / "arms" / judge["name"] / "train" / "final")
     candidates = out / "reference-candidates"
     pool_file, ranked_file = reference_candidates(s, candidates)
@@ -396,7 +370,7 @@ def run_reference_quality(judge: dict[str, Any], s: StudySettings, out: Path, lo
                       "reference_pass_rate": float(np.mean([r["checker_score"] == 1.0 for r in refs[c].values()]))}
     result = {"judge": judge["name"], "prompts": len(by_prompt), "pool": s.ref_pool, "ranked": s.ref_ranked,
               "generator": s.generator, "choices": choices, "key": key}
-    _write_json(folder / "result.json", result)
+    write_json(folder / "result.json", result)
     started.unlink()
     return result
 
@@ -432,7 +406,7 @@ def study_rm(out: str | Path, *, quick: bool = False, settings: StudySettings | 
         result = {"arms": rows, "reference_quality": reference, "settings": asdict(s), "data": str(data),
                   "minutes_this_run": round((time.perf_counter() - t0) / 60, 1),
                   "command": command or "rewarddance study rm" + (" --quick" if quick else "") + f" --out {out}"}
-        _write_json(out / "results.json", result)
+        write_json(out / "results.json", result)
         atomic_write_text(out / "results.md", markdown(result) + "\n")
         return result
 
