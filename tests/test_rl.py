@@ -218,10 +218,10 @@ def test_search_recipes_write_their_tables(judges, gen_dir, tmp_path):
         assert_close(ddp[key], result[key], key)
 
 
-def test_rl_study_with_given_judges_writes_the_contract_and_resumes(judges, gen_dir, tmp_path):
+def test_rl_study_with_given_judges_writes_the_contract_and_resumes(judges, gen_dir, tmp_path, monkeypatch):
     """`rewarddance study rl --rm ...` at the smallest settings: one ReFL arm per judge plus Best-of-N and
     search, results.json as the contract says; a re-run skips the finished arms."""
-    from rewarddance.recipes.study_rl import StudySettings, study_rl
+    from rewarddance.recipes.study_rl import Judges, StudySettings, study_rl
 
     s = StudySettings(refl_steps=2, refl_overrides=["n_prompts=4", "prompts_per_step=2", "grad_steps=[2,3]",
                                                     "reference_candidates=2", "tensorboard=false"],
@@ -251,16 +251,26 @@ def test_rl_study_with_given_judges_writes_the_contract_and_resumes(judges, gen_
     study_rl(tmp_path / "study", rms=rms, settings=s)  # finished arms are skipped
     assert (tmp_path / "study" / "refl-pairwise" / "report.json").stat().st_mtime == mtime
 
-    # carried over: only the rows (and the curves' metrics) copied into a fresh OUT run nothing again ...
+    # carried over: the arms' small files copied into a fresh OUT, the judges moved elsewhere: nothing runs again,
+    # no judge is even asked for ...
     carried = tmp_path / "carried"
     for name in ("refl-pairwise", "refl-pointwise", "grpo-pointwise", "search"):
         (carried / name).mkdir(parents=True)
-        for f in ("row.json", "metrics.jsonl"):
+        for f in ("row.json", "report.json", "metrics.jsonl", "results.json"):
             if (tmp_path / "study" / name / f).exists():
                 shutil.copy(tmp_path / "study" / name / f, carried / name / f)
-    again = study_rl(carried, rms=rms, settings=s)
+    moved = {name: shutil.copytree(path, tmp_path / "moved" / name) for name, path in rms.items()}
+
+    def no_judge(self, name):
+        raise AssertionError(f"judge {name} asked for by a finished arm")
+
+    monkeypatch.setattr(Judges, "get", no_judge)
+    again = study_rl(carried, rms={k: str(v) for k, v in moved.items()}, settings=s)
+    monkeypatch.undo()
     assert not (carried / "study.log").exists()  # no step ran
     assert [{k: a[k] for k in keys} for a in again["arms"]] == [{k: a[k] for k in keys} for a in result["arms"]]
+    for name in names:
+        assert any((carried / name / f).exists() for f in ("metrics.jsonl", "results.json")), name
     # ... and a row written under other settings is run again: that arm only
     row = json.loads((carried / "refl-pairwise" / "row.json").read_text())
     (carried / "refl-pairwise" / "row.json").write_text(json.dumps(row | {"key": "other settings"}))
@@ -268,3 +278,14 @@ def test_rl_study_with_given_judges_writes_the_contract_and_resumes(judges, gen_
     steps = [line for line in (carried / "study.log").read_text().splitlines() if line.startswith("$ ")]
     assert len(steps) == 1 and " rl refl " in steps[0] and "refl-pairwise" in steps[0], steps
     assert json.loads((carried / "refl-pairwise" / "row.json").read_text())["key"] == row["key"]
+
+
+def test_rl_study_refuses_judge_names_that_are_not_folder_names(tmp_path, capsys):
+    """`--rm NAME=DIR`: NAME becomes the arms' folders in OUT (refl-NAME), so a path-like name is refused
+    before anything runs."""
+    from rewarddance.cli import main
+
+    for name in ("a/../../x", "..", ".hidden"):
+        assert main(["study", "rl", "--rm", f"{name}={tmp_path}", "--out", str(tmp_path / "out")]) == 2
+        assert "NAME may hold" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -20,6 +20,7 @@ line, never a traceback.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -261,6 +262,8 @@ def cmd_study_rl(args: argparse.Namespace) -> int:
         name, sep, path = item.partition("=")
         if not sep or not name or not path:
             raise UsageError(f"--rm {item!r}: give NAME=DIR (e.g. --rm generative=runs/judge/final)")
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):  # NAME names the arms' folders in OUT
+            raise UsageError(f"--rm {item!r}: NAME may hold letters, digits, '_', '.', '-' only")
         if not Path(path).exists():
             raise UsageError(f"--rm {item!r}: {path} does not exist")
         rms[name] = path

@@ -4,6 +4,7 @@ keyed files a study resumes from (a result is reused only under the settings it 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shlex
 import shutil
@@ -35,6 +36,11 @@ def run_step(cmd: list[str], log: Path) -> float:
         tail = "".join(log.read_text().splitlines(keepends=True)[-15:])
         raise RuntimeError(f"study step failed (exit {r.returncode}): {' '.join(cmd)}\n{tail}")
     return (time.perf_counter() - t0) / 60
+
+
+def key_of(content: Any) -> str:
+    """A short hash of `content` (JSON, keys sorted): the key a result is stored under."""
+    return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 def write_json(path: Path, content: dict[str, Any]) -> None:

@@ -31,7 +31,6 @@ each arm's own files in OUT/<arm>/.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import sys
@@ -44,7 +43,7 @@ from ..generators import generator_path
 from ..models.checkpoint import weights_file_digest
 from ..models.presets import cache_root
 from ..train.engine import MetricsLog
-from .steps import cli_command, read_keyed, run_step, start_folder, write_json
+from .steps import cli_command, key_of, read_keyed, run_step, start_folder, write_json
 
 
 @dataclass
@@ -57,12 +56,16 @@ class StudySettings:
     judge_overrides: list[str] = field(default_factory=lambda: ["objective=generative-pairwise"])
     weak_fraction: float = 0.1  # the weak judge's share of judge_steps
     refl_steps: int = 300
-    refl_overrides: list[str] = field(default_factory=lambda: ["max_minutes=30"])
+    # the full study's budget is 180 minutes on 2 cores, so its arms are capped by wall clock: about 20 min of
+    # judges, 3 ReFL arms x 25, 3 GRPO arms x 12 (GRPO with the checker itself gained nothing in 10-15 min here:
+    # docs/rl.md), the search, and each arm's final evaluation: ~150-160 min in all, an estimate from the caps and
+    # the quick study's times
+    refl_overrides: list[str] = field(default_factory=lambda: ["max_minutes=25"])
     eval_prompts_per_category: int = 16
     eval_seeds: int = 4
     eval_steps: int = 25
     grpo_steps: int = 100
-    grpo_overrides: list[str] = field(default_factory=lambda: ["max_minutes=30", "lr=2e-3"])
+    grpo_overrides: list[str] = field(default_factory=lambda: ["max_minutes=12", "lr=2e-3"])
     grpo_judges: list[str] = field(default_factory=lambda: ["generative", "generative-weak", "checker"])
     search_n: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16])
     search_paths: list[int] = field(default_factory=lambda: [4, 8])
@@ -70,11 +73,8 @@ class StudySettings:
     num_steps: int = 20  # sampling steps, every arm
 
 
-# The full study's budget is 180 minutes on 2 cores; its arms are capped by wall clock: about 20 min of judges,
-# 3 ReFL arms x 25 and 3 GRPO arms x 12 (GRPO with the checker itself gained nothing in 10-15 min here:
-# docs/rl.md) and the search, ~150 min in all (an estimate from the arms' caps and the quick study's times).
-FULL = StudySettings(refl_overrides=["max_minutes=25"], grpo_overrides=["max_minutes=12", "lr=2e-3"])
-# 2 cores, empty cache (2026-11-22): 17.2 min for judges (4.5) + 3 ReFL arms of 25 steps (~3.0 each, 4
+FULL = StudySettings()
+# The quick study, 2 cores, empty cache (2026-11-22): 17.2 min for judges (4.5) + 3 ReFL arms of 25 steps (~3.0 each, 4
 # evaluations) + search (1.7). Now: 20 ReFL steps with 2 evaluations and Best-of-2 references, and one
 # GRPO arm (8 steps of 2 prompts x 4 samples). lr=1e-3: at the recipe's 1e-4 a fresh LoRA barely moves in
 # 30 steps (held-out samples unchanged to 3 decimals in that run).
@@ -84,10 +84,6 @@ QUICK = StudySettings(data_n=1000, data_n_test=200, judge_steps=120, refl_steps=
                       grpo_steps=8, grpo_judges=["generative"],
                       grpo_overrides=["n_prompts=32", "prompts_per_step=2", "group_size=4", "lr=2e-3",
                                       "reference_candidates=2"])
-
-
-def _key(*parts: Any) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
 def judge_specs(s: StudySettings) -> dict[str, list[str]]:
@@ -110,16 +106,20 @@ class Judges:
         self.s, self.rms, self.log = s, rms, log
         self.names = list(rms) if rms else list(judge_specs(s))
         self._made: dict[str, tuple[Path, dict | None]] = {}
+        self._keys: dict[str, list] = {}
 
     def key(self, name: str) -> list:
-        """What an arm's result depends on through its judge: a given judge's directory and weights, a
-        trained one's settings; the rule reward ("checker") is itself."""
+        """What an arm's result depends on through its judge: a given judge's weights and checkpoint config (not
+        its path: the same judge elsewhere is the same judge), a trained one's settings; the rule reward
+        ("checker") is itself."""
         if name == "checker":
             return ["checker"]
-        if self.rms:
+        if not self.rms:
+            return [judge_specs(self.s)[name], self.s.data_n, self.s.data_n_test]
+        if name not in self._keys:  # hashing a real judge's weights takes a while: once per judge
             path = Path(self.rms[name])
-            return [str(path), weights_file_digest(path) if path.is_dir() else None]
-        return [judge_specs(self.s)[name], self.s.data_n, self.s.data_n_test]
+            self._keys[name] = [weights_file_digest(path), json.loads((path / "rewarddance.json").read_text())]
+        return self._keys[name]
 
     def get(self, name: str) -> tuple[Path, dict | None]:
         """(the judge's directory, its test accuracy or None for a given judge), made on first use."""
@@ -134,7 +134,7 @@ class Judges:
             run_step([*cli_command(), "data", "world", "--out", str(data), "--n", str(self.s.data_n),
                       "--n-test", str(self.s.data_n_test)], self.log)
         overrides = judge_specs(self.s)[name]
-        out = root / f"judge-{name}-{_key(overrides, self.s.data_n)}"
+        out = root / f"judge-{name}-{key_of([overrides, self.s.data_n])}"
         if not (out / "final" / "rewarddance.json").exists():
             run_step([*cli_command(), "train", f"data={data / 'train.jsonl'}", f"output_dir={out}", "progress=false",
                       "eval_steps=100000", *overrides], self.log)
@@ -153,10 +153,9 @@ def evaluate_judge(judge: Path, test: Path, log: Path) -> dict:
 
 
 def generation_settings(s: StudySettings) -> dict[str, Any]:
-    """What every arm's samples and held-out evaluation depend on, the generator's weights included (a
-    generator retrained in place starts every arm elsewhere)."""
-    return {"generator": s.generator, "generator_weights": weights_file_digest(generator_path(s.generator),
-                                                                               recursive=True),
+    """What every arm's samples and held-out evaluation depend on: the generator by its weights (a generator
+    retrained in place starts every arm elsewhere; the same one under another path does not)."""
+    return {"generator_weights": weights_file_digest(generator_path(s.generator), recursive=True),
             "num_steps": s.num_steps, "eval_prompts_per_category": s.eval_prompts_per_category,
             "eval_seeds": s.eval_seeds, "eval_steps": s.eval_steps}
 
@@ -167,7 +166,7 @@ def training_arm(method: str, name: str, judge_name: str, judges: Judges, s: Stu
     ("checker"); its results.json row, kept in OUT/<name>/row.json under the arm's key."""
     folder = out / name
     steps, overrides = (s.refl_steps, s.refl_overrides) if method == "refl" else (s.grpo_steps, s.grpo_overrides)
-    key = _key(method, judges.key(judge_name), steps, overrides, generation)
+    key = key_of([method, judges.key(judge_name), steps, overrides, generation])
     if (row := read_keyed(folder / "row.json", key)) is not None:
         return row
     started = start_folder(folder, key)
@@ -203,26 +202,32 @@ def search_arms(judge_name: str, judges: Judges, s: StudySettings, out: Path, lo
     """Best-of-N and search over paths with one judge (one `rewarddance rl search` run in OUT/search, its files
     copied into each arm's folder); their rows, kept in OUT/search/row.json under the run's key."""
     arm = out / "search"
-    key = _key("search", judges.key(judge_name), s.search_n, s.search_paths, generation)
-    if (done := read_keyed(arm / "row.json", key)) is not None:
-        return done["rows"]
-    started = start_folder(arm, key)
-    judge, judge_eval = judges.get(judge_name)
-    if not (arm / "results.json").exists():
-        run_step([*cli_command(), "rl", "search", f"rm={judge}", f"output_dir={arm}", f"n={s.search_n}",
-              f"generator={s.generator}", f"num_steps={s.num_steps}",
-              f"paths={s.search_paths}", f"eval_prompts_per_category={s.eval_prompts_per_category}",
-              "progress=false"], log)
-    r = json.loads((arm / "results.json").read_text())
-    names = ["best-of-n"] + [f"search-paths{c['paths']}" for c in r["search_vs_best_of_n"]]
-    for name in names:  # one run measures them all: each arm's folder holds its files
-        (out / name).mkdir(exist_ok=True)
+    key = key_of(["search", judges.key(judge_name), s.search_n, s.search_paths, generation])
+    if (done := read_keyed(arm / "row.json", key)) is None:
+        started = start_folder(arm, key)
+        judge, judge_eval = judges.get(judge_name)
+        if not (arm / "results.json").exists():
+            run_step([*cli_command(), "rl", "search", f"rm={judge}", f"output_dir={arm}", f"n={s.search_n}",
+                      f"generator={s.generator}", f"num_steps={s.num_steps}", f"paths={s.search_paths}",
+                      f"eval_prompts_per_category={s.eval_prompts_per_category}", "progress=false"], log)
+        done = {"key": key, "rows": search_rows(json.loads((arm / "results.json").read_text()), str(judge),
+                                                judge_name, judge_eval)}
+        write_json(arm / "row.json", done)
+        started.unlink()
+    for row in done["rows"]:  # one run measures them all: each arm's folder holds its files (also when carried)
+        (out / row["name"]).mkdir(exist_ok=True)
         for f in arm.iterdir():
             if f.is_file() and f.name not in ("started", "row.json"):
-                shutil.copy2(f, out / name / f.name)
+                shutil.copy2(f, out / row["name"] / f.name)
+    return done["rows"]
+
+
+def search_rows(r: dict, judge: str, judge_name: str, judge_eval: dict | None) -> list[dict]:
+    """The contract's rows of Best-of-N (its largest N) and of each search configuration from the search
+    run's results.json."""
     before = r["random_sample_gt_pass_rate"]
     best_n = max(r["best_of_n"], key=lambda p: p["n"])
-    common = {"rm": str(judge), "judge": judge_name, "judge_eval": judge_eval, "gt_pass_rate_before": before,
+    common = {"rm": judge, "judge": judge_name, "judge_eval": judge_eval, "gt_pass_rate_before": before,
               "reward_std_window_last": None, "diversity_before": None, "diversity_after": None,
               "hacking_flagged": False}
     rows = [{"name": "best-of-n", "method": "best-of-n", **common, "gt_pass_rate_after": best_n["gt_pass_rate"],
@@ -231,8 +236,6 @@ def search_arms(judge_name: str, judges: Judges, s: StudySettings, out: Path, lo
         rows.append({"name": f"search-paths{c['paths']}", "method": "search", **common,
                      "gt_pass_rate_after": c["search_gt_pass_rate"], "judge_calls": c["judge_calls"],
                      "best_of_n_same_calls": c["best_of_n_gt_pass_rate"]})
-    write_json(arm / "row.json", {"key": key, "rows": rows})
-    started.unlink()
     return rows
 
 

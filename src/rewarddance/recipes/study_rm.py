@@ -25,7 +25,6 @@ Outputs: OUT/results.json, OUT/results.md (the table, mean ± std over seeds whe
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
@@ -38,7 +37,7 @@ from ..evaluate.report import pct
 from ..models.checkpoint import read_checkpoint_config
 from ..models.presets import cache_root
 from ..train.engine import MetricsLog, atomic_write_text
-from .steps import cli_command, read_keyed, run_step, start_folder, write_json
+from .steps import cli_command, key_of, read_keyed, run_step, start_folder, write_json
 
 OBJECTIVES = ("generative-pairwise", "generative-pointwise", "regressive-bt", "clip-bt")
 
@@ -196,7 +195,7 @@ def pretrained_start(arm: Arm, log: Path) -> float | None:
 def arm_key(arm: Arm, s: StudySettings, data: Path) -> str:
     """Everything an arm's result depends on: the arm, the steps and batch, the data."""
     parts = [asdict(arm), s.steps, s.batch_size, str(data)]
-    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:12]
+    return key_of(parts)
 
 
 def finished_row(arm: Arm, s: StudySettings, data: Path, out: Path) -> dict[str, Any] | None:
@@ -270,7 +269,7 @@ def reference_candidates(s: StudySettings, folder: Path) -> tuple[Path, Path]:
     from ..world.generation import COMPOSITIONAL, checker_metric, heldout_prompts
 
     pool, ranked = folder / "pool.jsonl", folder / "ranked.jsonl"
-    key = hashlib.sha256(json.dumps(candidate_settings(s), sort_keys=True).encode()).hexdigest()[:12]
+    key = key_of(candidate_settings(s))
     if read_keyed(folder / "done.json", key) is not None:
         return pool, ranked
     started = start_folder(folder, key)
@@ -311,7 +310,7 @@ def ranking_accuracy(rewards: list[float], truth: list[float], prompts: list[str
 
 def reference_key(judge: dict[str, Any], s: StudySettings) -> str:
     """What the reference-quality table depends on: the judge arm's key and the candidates' settings."""
-    return hashlib.sha256(json.dumps([judge["key"], candidate_settings(s)], sort_keys=True).encode()).hexdigest()[:12]
+    return key_of([judge["key"], candidate_settings(s)])
 
 
 def finished_reference(judge: dict[str, Any], s: StudySettings, out: Path) -> dict[str, Any] | None:
