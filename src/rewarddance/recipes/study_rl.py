@@ -41,9 +41,10 @@ from typing import Any
 
 from ..generators import generator_path
 from ..models.checkpoint import weights_file_digest
-from ..models.presets import cache_root
+from ..models.presets import cache_root, preset_path
 from ..train.engine import MetricsLog
 from .steps import cli_command, key_of, read_keyed, run_step, start_folder, write_json
+from .train_rm import TrainConfig
 
 
 @dataclass
@@ -110,15 +111,20 @@ class Judges:
 
     def key(self, name: str) -> list:
         """What an arm's result depends on through its judge: a given judge's weights and checkpoint config (not
-        its path: the same judge elsewhere is the same judge), a trained one's settings; the rule reward
-        ("checker") is itself."""
+        its path: the same judge elsewhere is the same judge), a trained one's settings and starting weights; the
+        rule reward ("checker") is itself."""
         if name == "checker":
             return ["checker"]
-        if not self.rms:
-            return [judge_specs(self.s)[name], self.s.data_n, self.s.data_n_test]
-        if name not in self._keys:  # hashing a real judge's weights takes a while: once per judge
-            path = Path(self.rms[name])
-            self._keys[name] = [weights_file_digest(path), json.loads((path / "rewarddance.json").read_text())]
+        if name not in self._keys:  # hashing weights takes a while: once per judge
+            if self.rms:
+                path = Path(self.rms[name])
+                self._keys[name] = [weights_file_digest(path), json.loads((path / "rewarddance.json").read_text())]
+            else:  # the training settings and the weights training starts from (a preset re-pretrained in place)
+                overrides = judge_specs(self.s)[name]
+                start = next((o.split("=", 1)[1] for o in reversed(overrides) if o.startswith("model=")),
+                             TrainConfig.model)
+                start_dir = Path(start) if Path(start).is_dir() else preset_path(start)
+                self._keys[name] = [overrides, self.s.data_n, self.s.data_n_test, weights_file_digest(start_dir)]
         return self._keys[name]
 
     def get(self, name: str) -> tuple[Path, dict | None]:
