@@ -28,7 +28,6 @@ changed, or every stage with `--force`, starts again from an empty folder.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
@@ -46,6 +45,7 @@ import torch
 from ..config import ConfigError, config_dict, load_config, save_config
 from ..evaluate.report import pct
 from ..train.engine import MetricsLog, atomic_write_text
+from .steps import key_of, read_keyed, start_folder
 
 STAGES = ("data", "judges", "evaluate", "verdicts", "rl", "search", "report")
 
@@ -120,8 +120,7 @@ def _stage_keys(cfg: DemoConfig) -> dict[str, str]:
     keys: dict[str, str] = {}
     for stage in STAGES:  # in order: a stage's dependencies come before it
         settings = {k: getattr(cfg, k) for k in STAGE_SETTINGS[stage]}
-        parts = [stage, settings, [keys[d] for d in STAGE_DEPS[stage]]]
-        keys[stage] = hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:12]
+        keys[stage] = key_of([stage, settings, [keys[d] for d in STAGE_DEPS[stage]]])
     return keys
 
 
@@ -151,19 +150,15 @@ class Stages:
         """`fn(folder)`'s result, from an earlier run when that finished with the same key (and not `force`)."""
         force = force or self.force
         done = self.out / "stages" / f"{stage}.json"
-        started = self.out / "stages" / f"{stage}.started"
         folder = self.out / stage
-        if done.exists() and not force:
-            record = json.loads(done.read_text())
-            if record["key"] == self.keys[stage]:
-                _say(f"[{stage}] finished earlier ({record['seconds']:.0f} s): skipped")
-                return record
-        # a half-done folder is resumed only by the same settings, and never under --force
-        if folder.exists() and (force or not started.exists() or started.read_text() != self.keys[stage]):
-            shutil.rmtree(folder)
+        record = None if force else read_keyed(done, self.keys[stage])
+        if record is not None:
+            _say(f"[{stage}] finished earlier ({record['seconds']:.0f} s): skipped")
+            return record
+        if force:  # never resume a half-done folder under --force (start_folder resumes one of the same settings)
+            shutil.rmtree(folder, ignore_errors=True)
         done.unlink(missing_ok=True)
-        folder.mkdir(parents=True, exist_ok=True)
-        started.write_text(self.keys[stage])
+        started = start_folder(folder, self.keys[stage])
         _say(f"[{stage}] ...")
         self.ran = True
         t0 = time.perf_counter()
