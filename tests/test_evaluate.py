@@ -125,7 +125,46 @@ def test_resume_refuses_another_models_scores(preset_dirs, pairs_file, tmp_path)
         score_manifest(rd.load(preset_dirs("qwen2_vl"), layout="pairwise"), pairs_file, out, progress=False)
     with pytest.raises(ScoreFileMismatch):  # the same weights asked another task score differently
         score_manifest(rm, pairs_file, out, task="plain", progress=False)
+    with pytest.raises(ScoreFileMismatch):  # a video is sampled at another number of frames
+        score_manifest(rd.load(preset_dirs("qwen2_5_vl"), layout="pairwise", num_frames=rm.num_frames + 2),
+                       pairs_file, out, progress=False)
     assert read_rows([out]) == rows  # nothing lost
+    # a custom task is the task its file holds: edited in place, it is another task
+    import yaml
+
+    from rewarddance.context import get_task
+
+    plain, task_file, mine = get_task("plain"), tmp_path / "mine.yaml", tmp_path / "mine.jsonl"
+    task_file.write_text(yaml.safe_dump({"pointwise": plain.pointwise, "pairwise": plain.pairwise}))
+    assert score_manifest(rm, pairs_file, mine, task=str(task_file), progress=False) == (24, 0)
+    task_file.write_text(yaml.safe_dump({"pointwise": plain.pointwise, "pairwise": "Be strict. " + plain.pairwise}))
+    with pytest.raises(ScoreFileMismatch):
+        score_manifest(rm, pairs_file, mine, task=str(task_file), progress=False)
+
+
+def test_rows_of_two_custom_tasks_with_one_name_are_scored_each_with_its_own(pairs_file, tmp_path):
+    """Rows are batched by task (shared prefixes): by the task's templates, not its name."""
+    import yaml
+
+    import rewarddance as rd
+    from rewarddance.data import read_manifest
+    from rewarddance.evaluate.scoring import score_records
+
+    files = []
+    for k, question in enumerate(("Is there a {prompt}?", "How many objects are there? {prompt}")):
+        files.append(tmp_path / f"t{k}" / "judge.yaml")  # both tasks are named "judge" (the file stem)
+        files[-1].parent.mkdir()
+        files[-1].write_text(yaml.safe_dump({"pointwise": "{image}\n" + question,
+                                             "pairwise": "{prompt} {image1} {image2}"}))
+    image = json.loads(pairs_file.read_text().splitlines()[0])["image_a"]
+    manifest = pairs_file.parent / "two-tasks.jsonl"  # beside the image its rows name
+    rows = [{"id": f"t{k}", "prompt": "red circle", "image": image, "task": str(f)} for k, f in enumerate(files)]
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    rm = rd.load("qwen2_5_vl-tiny-shapeworld", layout="pointwise")  # pretrained: it reads the question
+    together = [r["reward"] for r in score_records(rm, list(read_manifest(manifest)))]
+    alone = [score_records(rm, [rec])[0]["reward"] for rec in read_manifest(manifest)]
+    assert together == pytest.approx(alone, abs=1e-6)
+    assert abs(alone[0] - alone[1]) > 1e-2  # the two tasks do score differently
 
 
 # ------------------------------------------------------------------ rewarddance eval

@@ -62,6 +62,37 @@ def test_refl_gradient_reaches_lora_and_one_step_raises_the_reward(judge, gen_di
     assert after.rewards.mean() > before.rewards.mean() + 1e-5
 
 
+def test_starting_references_are_cached_under_everything_they_depend_on(judges, gen_dir, tmp_path):
+    """A restarted run reads its references back; another sampling setting, or a judge retrained at the
+    same path, computes new ones (the same file holds both)."""
+    from rewarddance.recipes.rl_common import reference_sources, starting_references
+
+    judge_dir = tmp_path / "judge"
+    shutil.copytree(judges["pairwise"], judge_dir)
+    rm = rd.load(judge_dir, dtype=torch.float32)
+    gen = ShapeWorldGenerator.from_pretrained(gen_dir)
+    cache = tmp_path / "references.pt"
+    kw = dict(n=2, seed=0, num_steps=2, guidance_scale=3.0, task=None, rank=0, world=1, progress=False, cache=cache)
+    sources = reference_sources(str(judge_dir), "float32", str(gen_dir), {})
+    first = starting_references(gen, rm, PROMPTS, sources=sources, **kw)
+    stored = torch.load(cache, weights_only=False)
+    assert len(stored) == 1 and torch.equal(next(iter(stored.values())), first)
+    (entry,) = stored
+    stored[entry] = torch.zeros_like(first)  # so that a read-back is told apart from a recomputation
+    torch.save(stored, cache)
+    assert torch.equal(starting_references(gen, rm, PROMPTS, sources=sources, **kw), torch.zeros_like(first))
+    other = starting_references(gen, rm, PROMPTS, sources=sources, **{**kw, "guidance_scale": 1.0})
+    assert not torch.equal(other, torch.zeros_like(first)) and len(torch.load(cache, weights_only=False)) == 2
+    with (judge_dir / "model.safetensors").open("r+b") as f:  # the judge retrained at the same path
+        f.seek(-4, os.SEEK_END)
+        last = f.read(4)
+        f.seek(-4, os.SEEK_END)
+        f.write(bytes(b ^ 0xFF for b in last))
+    assert reference_sources(str(judge_dir), "float32", str(gen_dir), {}) != sources
+    assert reference_sources(str(judge_dir), "bfloat16", str(gen_dir), {}) != reference_sources(
+        str(judge_dir), "float32", str(gen_dir), {})
+
+
 @torch.no_grad()
 def test_best_of_n_picks_the_judges_argmax(judge, gen_dir):
     gen = ShapeWorldGenerator.from_pretrained(gen_dir)
@@ -289,3 +320,27 @@ def test_rl_study_refuses_judge_names_that_are_not_folder_names(tmp_path, capsys
         assert main(["study", "rl", "--rm", f"{name}={tmp_path}", "--out", str(tmp_path / "out")]) == 2
         assert "NAME may hold" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_rl_study_judge_folders_follow_the_start_weights_and_the_test_set(tmp_path):
+    """A study-trained judge (and its cached test accuracy) is reused only under the key its arms use: a start
+    preset re-pretrained in place, or another test set, trains a new one."""
+    from rewarddance.models.presets import preset_path
+    from rewarddance.recipes.study_rl import Judges, StudySettings
+
+    start = tmp_path / "start"
+    shutil.copytree(preset_path("qwen2_5_vl-tiny-shapeworld"), start)
+    overrides = ["objective=generative-pairwise", f"model={start}"]
+    log = tmp_path / "study.log"
+
+    def folder(**settings):
+        return Judges(StudySettings(judge_overrides=overrides, **settings), None, log).folder("generative")
+
+    base = folder()
+    assert folder() == base and folder(data_n_test=100) != base
+    with (start / "model.safetensors").open("r+b") as f:  # the same preset, pretrained again in place
+        f.seek(-4, os.SEEK_END)
+        last = f.read(4)
+        f.seek(-4, os.SEEK_END)
+        f.write(bytes(b ^ 0xFF for b in last))
+    assert folder() != base

@@ -32,6 +32,7 @@ from typing import Any, Iterable
 import torch
 from tqdm import tqdm
 
+from ..context import Task, get_task
 from ..data import Record, RecordError, read_manifest
 from ..media import MediaError
 from ..models.reward_model import RewardModel
@@ -56,9 +57,11 @@ _FINGERPRINTS: dict[tuple, str] = {}
 
 def model_fingerprint(rm: RewardModel, task: str | None = None) -> str:
     """A short hash of everything a score depends on: the weights' bytes, their dtype, the judge's
-    kind (objective, layout, normalize) and the task it is asked. Cached per weights state."""
+    kind (objective, layout, normalize), the frames it samples from a video and the task it is asked (its
+    templates, not its name: a task file edited in place is another task). Cached per weights state."""
     judge = rm.judge
-    settings = (rm.config.objective, rm.layout, rm.config.normalize, task or rm.task, str(rm.dtype))
+    settings = (rm.config.objective, rm.layout, rm.config.normalize, get_task(task or rm.task), rm.num_frames,
+                str(rm.dtype))
     key = (id(judge), judge.state(), settings)
     if key not in _FINGERPRINTS:
         h = hashlib.blake2b(repr(settings).encode(), digest_size=8)
@@ -309,14 +312,14 @@ def _record_items(rm: RewardModel, rec: Any, task: str | None) -> tuple[Any, lis
 
 def _score_built(rm: RewardModel, built: list[tuple], batch_size: int) -> list[list[float]]:
     """Rewards for each (record, task, items), scoring rows of one task together (shared prefixes)."""
-    by_task: dict[str, list[int]] = {}
+    by_task: dict[Task, list[int]] = {}  # by the task itself: two custom tasks may share a name
     for j, (_, task_obj, _) in enumerate(built):
-        by_task.setdefault(task_obj.name, []).append(j)
+        by_task.setdefault(task_obj, []).append(j)
     out: list[list[float]] = [[] for _ in built]
     with torch.inference_mode():
-        for idx in by_task.values():
+        for task_obj, idx in by_task.items():
             items = [item for j in idx for item in built[j][2]]
-            rewards = rm.score_items(built[idx[0]][1], items, batch_size=batch_size)
+            rewards = rm.score_items(task_obj, items, batch_size=batch_size)
             pos = 0
             for j in idx:
                 out[j] = rewards[pos:pos + len(built[j][2])]

@@ -286,7 +286,7 @@ class PrefixScorer:
         if len(layouts) != 1:
             raise LayoutMismatchError("the candidates do not share one token layout")
         self.prefixes.bind(self._weights_key())
-        key = (task.name, layout, prompt, None if reference is None else content_key(reference), layouts.pop())
+        key = (task, layout, prompt, None if reference is None else content_key(reference), layouts.pop())
         prefix = self.prefixes.get(key)
         if prefix is None:
             with torch.no_grad():

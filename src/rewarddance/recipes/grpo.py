@@ -51,8 +51,8 @@ from ..rl.monitor import HackingMonitor, MonitorConfig
 from ..train.engine import Checkpointer, MetricsLog, rng_state
 from ..world.generation import COMPOSITIONAL, checker_metric, heldout_prompts
 from .rl_common import (all_reduce, all_reduce_gradients, any_rank, barrier, evaluate_heldout, finish_run, gather,
-                        judge_takes_video, load_judge, load_prompts, resolve_device, restore_checkpoint,
-                        setup_generator, starting_references, trainable_state)
+                        judge_takes_video, load_judge, load_prompts, reference_sources, resolve_device,
+                        restore_checkpoint, setup_generator, starting_references, trainable_state)
 
 #: the keys every GRPO metrics row adds to the monitor's (the issue's contract)
 GRPO_ROW_KEYS = ("reward_std_group", "zero_std_fraction", "kl", "clip_fraction")
@@ -233,12 +233,11 @@ def grpo(cfg: GRPOConfig, command: str | None = None) -> Path:
     for j, (spec, judge) in enumerate(zip(specs, judges)):
         if spec.checker or spec.mode != "score" or judge.layout != "pairwise":
             continue
-        key = {"judge": spec.rm or spec.remote, "task": spec.task, "generator": str(cfg.generator), "prompts": prompts,
-               "candidates": cfg.reference_candidates, "num_steps": cfg.eval_num_steps, "seed": cfg.seed}
+        sources = reference_sources(spec.rm or spec.remote, spec.dtype, str(cfg.generator), cfg.generator_options)
         references[j] = starting_references(gen, judge, prompts, n=cfg.reference_candidates, seed=cfg.seed,
                                             num_steps=cfg.eval_num_steps, guidance_scale=cfg.guidance_scale,
                                             task=spec.task, rank=rank, world=world, progress=cfg.progress,
-                                            cache=out / "references.pt", key=key)
+                                            cache=out / "references.pt", sources=sources)
 
     reference_gen = None  # full fine-tuning with a KL term: the starting weights, frozen
     if cfg.lora_r > 0:

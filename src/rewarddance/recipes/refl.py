@@ -42,8 +42,8 @@ from ..rl.refl import REWARD_LOSSES, refl_forward
 from ..train.engine import Checkpointer, MetricsLog, rng_state
 from ..world.generation import COMPOSITIONAL, checker_metric, heldout_prompts, render_batch
 from .rl_common import (all_reduce_gradients, any_rank, barrier, evaluate_heldout, finish_run, gather,
-                        judge_takes_video, load_judge, load_prompts, resolve_device, restore_checkpoint,
-                        setup_generator, starting_references, trainable_state)
+                        judge_takes_video, load_judge, load_prompts, reference_sources, resolve_device,
+                        restore_checkpoint, setup_generator, starting_references, trainable_state)
 
 
 @dataclass
@@ -173,12 +173,11 @@ def refl(cfg: ReFLConfig, command: str | None = None) -> Path:
     prompts = condition_prompts or load_prompts(cfg.prompts, cfg.categories, cfg.n_prompts, cfg.seed, excluded)
     references = None
     if pairwise:  # from the STARTING generator: computed before any update, cached across restarts
-        key = {"rm": str(cfg.rm), "generator": str(cfg.generator), "prompts": prompts,
-               "candidates": cfg.reference_candidates, "num_steps": cfg.num_steps, "seed": cfg.seed}
         references = starting_references(gen, rm, prompts, n=cfg.reference_candidates, seed=cfg.seed,
                                          num_steps=cfg.num_steps, guidance_scale=cfg.guidance_scale, task=cfg.task,
                                          rank=rank, world=world, progress=cfg.progress, cache=out / "references.pt",
-                                         key=key)
+                                         sources=reference_sources(str(cfg.rm), cfg.rm_dtype, str(cfg.generator),
+                                                                   cfg.generator_options))
 
     # items this process's training rewards scored on the shared-prefix path (report.json: a user can see that
     # the fast path ran; the references' Best-of-N is not counted)

@@ -180,16 +180,30 @@ def load_judge(rm: str | None, remote: str | None, *, dtype: str = "float32", ti
     return judge
 
 
+def reference_sources(judge: str, dtype: str, generator: str, generator_options: dict[str, Any]) -> dict[str, Any]:
+    """The judge and the generator the references of a run come from, by their weights where they are local
+    (a checkpoint retrained at the same path is another judge) and by name otherwise (a server URL)."""
+    from ..models.checkpoint import weights_file_digest
+    from ..models.presets import parse_preset_name, preset_path
+
+    judge_dir = Path(judge) if Path(judge).is_dir() else preset_path(judge) if parse_preset_name(judge) else None
+    return {"judge": judge if judge_dir is None else weights_file_digest(judge_dir), "judge_dtype": dtype,
+            "generator": weights_file_digest(generator_path(generator), recursive=True),
+            "generator_options": generator_options}
+
+
 def starting_references(gen: Generator, judge: Any, prompts: Sequence[str], *, n: int, seed: int, num_steps: int,
                         guidance_scale: float, task: str | None, rank: int, world: int, progress: bool,
-                        cache: Path | None = None, key: dict[str, Any] | None = None) -> torch.Tensor:
+                        cache: Path | None = None, sources: dict[str, Any] | None = None) -> torch.Tensor:
     """Each prompt's reference for a pairwise judge: the Best-of-N pick by win counts among `n` samples of
     `gen` (the STARTING generator: call before any update), prompts split over the ranks, P×C×H×W on every
-    rank. With `cache`, kept in that file under `key` (everything the references depend on; several
-    judges share one file) and read back by a restarted run."""
+    rank. With `cache`, kept in that file under everything the references depend on (`sources`, from
+    `reference_sources`, and the sampling arguments; several judges share one file) and read back by a
+    restarted run."""
     from ..evaluate.references import generator_references
 
-    entry = json.dumps(key, sort_keys=True, default=str)
+    entry = json.dumps({"sources": sources, "prompts": list(prompts), "n": n, "seed": seed, "num_steps": num_steps,
+                        "guidance_scale": guidance_scale, "task": task}, sort_keys=True, default=str)
     stored = torch.load(cache, weights_only=False) if cache is not None and cache.exists() else {}
     if entry in stored:
         return stored[entry]

@@ -133,17 +133,21 @@ class Judges:
             self._made[name] = (Path(self.rms[name]), None) if self.rms else self._train(name)
         return self._made[name]
 
+    def folder(self, name: str) -> Path:
+        """Where the study trains judge `name`: named by everything the judge and its test accuracy depend on
+        (the key its arms use), so a changed start preset or test set never reuses an old judge."""
+        return cache_root() / "study-rl" / f"judge-{name}-{key_of(self.key(name))}"
+
     def _train(self, name: str) -> tuple[Path, dict]:
         root = cache_root() / "study-rl"
         data = root / f"world-{self.s.data_n}-{self.s.data_n_test}"
         if not (data / "test.jsonl").exists():
             run_step([*cli_command(), "data", "world", "--out", str(data), "--n", str(self.s.data_n),
                       "--n-test", str(self.s.data_n_test)], self.log)
-        overrides = judge_specs(self.s)[name]
-        out = root / f"judge-{name}-{key_of([overrides, self.s.data_n])}"
+        out = self.folder(name)
         if not (out / "final" / "rewarddance.json").exists():
             run_step([*cli_command(), "train", f"data={data / 'train.jsonl'}", f"output_dir={out}", "progress=false",
-                      "eval_steps=100000", *overrides], self.log)
+                      "eval_steps=100000", *judge_specs(self.s)[name]], self.log)
         return out / "final", evaluate_judge(out / "final", data / "test.jsonl", self.log)
 
 
