@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -10,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from rewarddance.cli import main
 from rewarddance.examples import EXAMPLE_DIR
@@ -76,12 +78,24 @@ def test_score_images_table_and_bad_image(model_dir, tmp_path, run):
         assert "Traceback" not in r.stderr
         errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
         assert len(errors) == 1 and str(path) in errors[0] and what in errors[0]
+    # an image that loads but that the processor refuses fails alone, after the batch it was in
+    thin = tmp_path / "thin.png"
+    Image.new("RGB", (400, 1), (200, 10, 10)).save(thin)
+    r = run("score", "--model", str(model_dir), "--prompt", "a red circle", str(good), str(thin), str(good))
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and str(thin) in errors[0] and "aspect ratio" in errors[0]
+    assert [float(line.split()[-1]) for line in r.stdout.splitlines()[1:]] == [reward, reward]
 
 
 def test_usage_errors_exit_2(model_dir, run):
     assert run("score", "--model", str(model_dir), "x.png").returncode == 2  # no --prompt
     r = run("score", "--model", "/does/not/exist", "--prompt", "p", "x.png")
     assert r.returncode == 2 and "Traceback" not in r.stderr
+    debug = subprocess.run([ENTRY, "score", "--model", "/does/not/exist", "--prompt", "p", "x.png"],
+                           capture_output=True, text=True, timeout=300, env={**os.environ, "REWARDDANCE_DEBUG": "1"})
+    assert debug.returncode == 2 and "Traceback" in debug.stderr  # where the one-line error came from
+    assert debug.stderr.strip().splitlines()[-1] == r.stderr.strip().splitlines()[-1]
     assert run("init-model", "--arch", "nope", "--size", "tiny", "--out", "x").returncode == 2
     r = run("score", "--model", str(model_dir), "--layout", "pairwise", "--prompt", "p",
             str(EXAMPLE_DIR / "img" / "0_good.png"))

@@ -298,13 +298,16 @@ def test_references_cli_matches_pairwise_comparisons(preset_dirs, tmp_path):
     imgs = smooth_images(8, seed=34)
     names = [_save(img, tmp_path / f"c{k}.png") for k, img in enumerate(imgs)]
     rows = [{"id": f"c{k}", "prompt": ["a red circle", "a blue star"][k // 4], "image": n} for k, n in enumerate(names)]
-    lines = [json.dumps(r) for r in rows] + ["{broken", json.dumps({"prompt": "a red circle", "image": "nope.png"})]
+    Image.new("RGB", (400, 1), (200, 10, 10)).save(tmp_path / "thin.png")  # loads; the processor refuses it
+    lines = [json.dumps(r) for r in rows] + ["{broken", json.dumps({"prompt": "a red circle", "image": "nope.png"}),
+                                             json.dumps({"id": "thin", "prompt": "a blue star", "image": "thin.png"})]
     cands = tmp_path / "candidates.jsonl"
     cands.write_text("\n".join(lines) + "\n")
     r = subprocess.run([ENTRY, "references", "--model", str(preset_dirs("qwen2_5_vl")), "--layout", "pairwise",
                         "--input", str(cands), "--out", str(tmp_path / "refs.jsonl")],
                        capture_output=True, text=True, timeout=900)
-    assert r.returncode == 1 and r.stderr.count("skipped:") == 2 and "Traceback" not in r.stderr
+    assert r.returncode == 1 and r.stderr.count("skipped:") == 3 and "Traceback" not in r.stderr
+    assert "thin.png (candidate thin of 'a blue star'): ValueError" in r.stderr  # its group is picked without it
     refs = [json.loads(line) for line in (tmp_path / "refs.jsonl").read_text().splitlines()]
     assert [x["prompt"] for x in refs] == ["a red circle", "a blue star"]
     for ref, group in zip(refs, (imgs[:4], imgs[4:])):
@@ -323,7 +326,7 @@ def test_references_cli_matches_pairwise_comparisons(preset_dirs, tmp_path):
 
 
 # ------------------------------------------------------------------ public formats through eval
-def test_eval_reads_a_benchmark_file_and_reports_its_headline(preset_dirs, tmp_path):
+def test_eval_reads_a_benchmark_file_and_reports_its_headline(preset_dirs, tmp_path, monkeypatch, capsys):
     """An ImageReward-format test.json (THUDM/ImageReward data/test.json) evaluates through the same
     recipe: detected, scored, and its headline metric (pooled pair accuracy) next to ours; `data
     convert` turns it into a manifest that evaluates to the same accuracy."""
@@ -341,7 +344,11 @@ def test_eval_reads_a_benchmark_file_and_reports_its_headline(preset_dirs, tmp_p
     assert bench["name"] == "imagereward" and bench["metric"] == "pooled_pair_accuracy"
     assert result["overall"]["n"] == 5 and result["overall"]["n_ties"] == 1  # 3 + 3 pairs, one tied in p1
     assert bench["value"] == pytest.approx(result["overall"]["accuracy"])  # ImageReward's metric is pooled accuracy
-    assert main(["data", "convert", str(tmp_path / "test.json"), "--out", str(tmp_path / "conv")]) == 0
+    monkeypatch.chdir(tmp_path)  # a relative --out: the files it prints are the files it wrote
+    capsys.readouterr()
+    assert main(["data", "convert", "test.json", "--out", "conv"]) == 0
+    printed = [line.split()[1] for line in capsys.readouterr().out.splitlines()]
+    assert printed and all(Path(f).is_file() for f in printed)
     manifest = next((tmp_path / "conv").glob("imagereward*.jsonl"))
     again = evaluate(rm, [manifest], progress=False)
     assert again["overall"]["accuracy"] == pytest.approx(result["overall"]["accuracy"], abs=1e-9)

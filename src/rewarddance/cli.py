@@ -20,8 +20,10 @@ line, never a traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
+import traceback
 from pathlib import Path
 from typing import Any, Callable
 
@@ -96,39 +98,59 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 def score_images(rm, args: argparse.Namespace) -> int:
+    """`rewarddance score IMG...`: one reward (or reward and reason) per image; an image that fails (does not
+    load, or the processor refuses it) is reported with its path and the rest are scored."""
     import torch
 
+    from .evaluate.scoring import ROW_ERRORS
     from .media import MediaError
 
     if rm.layout == "pairwise" and not args.reference:
         raise UsageError("this is a pairwise reward model: pass --reference IMAGE (the candidate is compared "
                          "with it)")
     rows, failed, task_obj = [], 0, None
+
+    def fail(img: str, e: Exception) -> bool:
+        """Report `img`'s error; whether to stop (--strict)."""
+        nonlocal failed
+        failed += 1
+        print(f"error: {e}" if str(img) in str(e) else f"error: {img}: {type(e).__name__}: {e}", file=sys.stderr)
+        return args.strict
+
     for img in args.images:
         try:
             task_obj, items = rm.load_items(args.prompt, [img], task=args.task,
                                             references=[args.reference] if args.reference else None)
         except (MediaError, ValueError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            failed += 1
-            if args.strict:
+            if fail(img, e):
                 return EXIT_ROWS_FAILED
             continue
         rows.append((img, items[0]))
-    if args.explain and rows:  # the judgment, then the reason generated after it
-        width = max(len(str(img)) for img, _ in rows)
-        print(f"{'image':<{width}}  reward  reason")
+    results = []  # (image, reward, reason or None)
+    if args.explain:  # the judgment, then the reason generated after it
         for img, _ in rows:
-            reward, text = rm.explain(args.prompt, img, reference=args.reference, task=args.task)
-            print(f"{str(img):<{width}}  {reward:.4f}  {text}")
-        return EXIT_ROWS_FAILED if failed else EXIT_OK
-    with torch.inference_mode():
-        rewards = rm.score_items(task_obj, [item for _, item in rows], args.batch_size) if rows else []
-    if rows:
-        width = max(len(str(p)) for p, _ in rows)
-        print(f"{'image':<{width}}  reward")
-        for (p, _), r in zip(rows, rewards):
-            print(f"{str(p):<{width}}  {r:.4f}")
+            try:
+                results.append((img, *rm.explain(args.prompt, img, reference=args.reference, task=args.task)))
+            except ROW_ERRORS as e:
+                if fail(img, e):
+                    return EXIT_ROWS_FAILED
+    elif rows:
+        with torch.inference_mode():
+            try:
+                rewards = rm.score_items(task_obj, [item for _, item in rows], args.batch_size)
+                results = [(img, r, None) for (img, _), r in zip(rows, rewards)]
+            except ROW_ERRORS:  # one image failed the batch: score them one by one, so that only it fails
+                for img, item in rows:
+                    try:
+                        results.append((img, rm.score_items(task_obj, [item], 1)[0], None))
+                    except ROW_ERRORS as e:
+                        if fail(img, e):
+                            return EXIT_ROWS_FAILED
+    if results:
+        width = max(len(str(img)) for img, _, _ in results)
+        print(f"{'image':<{width}}  reward" + ("  reason" if args.explain else ""))
+        for img, reward, text in results:
+            print(f"{str(img):<{width}}  {reward:.4f}" + (f"  {text}" if args.explain else ""))
     return EXIT_ROWS_FAILED if failed else EXIT_OK
 
 
@@ -177,8 +199,8 @@ def cmd_data_convert(args: argparse.Namespace) -> int:
     if not Path(args.input).exists():
         raise UsageError(f"{args.input}: file not found")
     counts = convert(args.source, args.input, args.out, images=args.images)
-    for name, n in counts.items():
-        print(f"{n:7d}  {Path(args.out) / name}")
+    for path, n in counts.items():
+        print(f"{n:7d}  {path}")
     return EXIT_OK
 
 
@@ -187,8 +209,8 @@ def cmd_data_world(args: argparse.Namespace) -> int:
 
     counts = build_world(args.out, args.n, seed=args.seed, size=args.size, video=args.video,
                          label_noise=args.label_noise, n_test=args.n_test, n_video=args.n_video)
-    for name, n in counts.items():
-        print(f"{n:7d}  {Path(args.out) / name}")
+    for path, n in counts.items():
+        print(f"{n:7d}  {path}")
     return EXIT_OK
 
 
@@ -512,6 +534,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rewarddance {args.command}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except (MediaError, RecordError, ValueError, FileNotFoundError, OSError) as e:  # ConfigError is a ValueError
+        # bad input, one line; a ValueError from deeper down (a bug) looks the same, so
+        # REWARDDANCE_DEBUG=1 prints where it came from
+        if os.environ.get("REWARDDANCE_DEBUG"):
+            traceback.print_exc()
         print(f"rewarddance {args.command}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

@@ -27,6 +27,7 @@ from tqdm import tqdm
 from ..data.records import RecordError, read_jsonl
 from ..media import MediaError, load_image
 from ..models.reward_model import RewardModel
+from .scoring import ROW_ERRORS
 
 
 @dataclass
@@ -131,6 +132,26 @@ def select_references(rm: RewardModel, input: str | os.PathLike, output: str | o
                 cands.append((cid, image, path))
         return cands
 
+    def pick_among(prompt: str, cands: list[tuple[str, Any, Path]]) -> tuple[list[tuple[str, Any, Path]], Any]:
+        """(the candidates picked among, the pick or None); when the group fails, each candidate is tried
+        alone (against itself), the ones that fail are reported and skipped, and the rest picked among."""
+        if not cands:
+            return cands, None
+        try:
+            return cands, best_of_n(rm, prompt, [image for _, image, _ in cands], task=task, batch_size=batch_size)
+        except ROW_ERRORS:
+            pass
+        ok = []
+        for cand in cands:
+            try:
+                best_of_n(rm, prompt, [cand[1], cand[1]], task=task, batch_size=batch_size)
+                ok.append(cand)
+            except ROW_ERRORS as e:
+                skip(f"{input}: {cand[2]} (candidate {cand[0]} of {prompt!r}): {type(e).__name__}: {e}")
+        if not ok:
+            return ok, None
+        return ok, best_of_n(rm, prompt, [image for _, image, _ in ok], task=task, batch_size=batch_size)
+
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(output.name + ".tmp")
     done = 0
@@ -138,10 +159,9 @@ def select_references(rm: RewardModel, input: str | os.PathLike, output: str | o
         with tmp.open("w") as out:
             for prompt, rows in tqdm(groups.items(), desc="references", unit="prompt", disable=not progress,
                                      file=sys.stderr):
-                cands = load_group(rows)
-                if not cands:
+                cands, pick = pick_among(prompt, load_group(rows))
+                if pick is None:
                     continue
-                pick = best_of_n(rm, prompt, [image for _, image, _ in cands], task=task, batch_size=batch_size)
                 cid, _, path = cands[pick.index]
                 out.write(json.dumps({
                     "id": f"ref-{done:06d}", "prompt": prompt, "image": os.path.relpath(path, output.parent),
