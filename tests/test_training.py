@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import rewarddance as rd
 from rewarddance.config import ConfigError, load_config
@@ -186,11 +187,20 @@ def test_bad_rows_are_reported_and_skipped(world, tmp_path):
     (tmp_path / "img").symlink_to(world / "img")
     data = tmp_path / "bad.jsonl"
     data.write_text("\n".join([rows[0], "{not json", json.dumps(missing), json.dumps(bad_label), *rows[3:]]) + "\n")
+    # the held-out set: a malformed line, and an image that loads but that the processor refuses
+    Image.new("RGB", (400, 1), (200, 10, 10)).save(tmp_path / "thin.png")
+    labelled = [json.loads(t) for t in rows if json.loads(t)["label"] != "tie"][:3]
+    eval_data = tmp_path / "eval.jsonl"
+    eval_data.write_text("\n".join([*map(json.dumps, labelled[:2]), "{not json",
+                                    json.dumps(labelled[2] | {"image_b": "thin.png"})]) + "\n")
     r = subprocess.run([ENTRY, "train", f"model={TINY}", f"data={data}", f"output_dir={tmp_path / 'run'}",
-                        "max_steps=2", "batch_size=2", "progress=false", "tensorboard=false"],
-                       capture_output=True, text=True, timeout=900, env=os.environ)
+                        f"eval_data={eval_data}", "max_steps=2", "batch_size=2", "progress=false",
+                        "tensorboard=false"], capture_output=True, text=True, timeout=900, env=os.environ)
     assert r.returncode == 0, r.stderr
-    skipped = [line for line in r.stderr.splitlines() if line.startswith("skipped:")]
+    last = _metrics(tmp_path / "run")[-1]
+    assert (last["eval_n"], last["eval_failed"]) == (2, 1)  # the accuracy says what it rests on
+    assert f"skipped: {eval_data}:3: malformed JSON" in r.stderr and "aspect ratio" in r.stderr
+    skipped = [line for line in r.stderr.splitlines() if line.startswith(f"skipped: {data}")]
     assert len(skipped) == 3, r.stderr
     assert f"{data}:2: malformed JSON" in skipped[0]
     assert f"{data}:3" in skipped[1] and "file not found" in skipped[1]

@@ -106,6 +106,16 @@ def _say(accelerator, text: str) -> None:
         print(text, file=sys.stderr, flush=True)
 
 
+def report_skipped(bad: list[str], used: int, what: str = "row(s)") -> None:
+    """The first 20 bad rows' one-line errors, then how many were skipped and how many used."""
+    for message in bad[:20]:
+        print(f"skipped: {message}", file=sys.stderr)
+    if len(bad) > 20:
+        print(f"skipped: ... and {len(bad) - 20} more bad {what}", file=sys.stderr)
+    if bad:
+        print(f"{len(bad)} bad {what} skipped, {used} used", file=sys.stderr)
+
+
 def load_training_records(cfg: TrainConfig, accelerator=None) -> list[Any]:
     """Every usable row of `cfg.data`; bad rows (malformed JSON, missing/corrupt media, unknown labels,
     rows the objective cannot use) are reported with their line numbers and skipped, or stop the
@@ -128,12 +138,7 @@ def load_training_records(cfg: TrainConfig, accelerator=None) -> list[Any]:
                 raise ConfigError(f"{message} (strict=true stops at the first bad row)") from None
             bad.append(message)
     if accelerator is None or accelerator.is_main_process:
-        for message in bad[:20]:
-            print(f"skipped: {message}", file=sys.stderr)
-        if len(bad) > 20:
-            print(f"skipped: ... and {len(bad) - 20} more bad rows", file=sys.stderr)
-        if bad:
-            print(f"{len(bad)} bad row(s) skipped, {len(good)} used", file=sys.stderr)
+        report_skipped(bad, len(good))
     if not good:
         raise ConfigError(f"data: {path} has no usable rows for objective {cfg.objective}")
     return good
@@ -227,7 +232,8 @@ def save_judge(judge: torch.nn.Module, ckpt: CheckpointConfig, path: Path, cfg: 
 
 
 def evaluate(judge: torch.nn.Module, ckpt: CheckpointConfig, records: list[Any], cfg: TrainConfig) -> dict:
-    """Held-out pair accuracy of the judge as it is now (the facade over the live weights)."""
+    """Held-out pair accuracy of the judge as it is now (the facade over the live weights): `accuracy*`, the
+    pairs it counts (`n*`) and the rows that failed to score (`failed`, each reported)."""
     from ..evaluate import pairwise_accuracy, score_records
 
     was_training = judge.training
@@ -236,7 +242,9 @@ def evaluate(judge: torch.nn.Module, ckpt: CheckpointConfig, records: list[Any],
     with torch.inference_mode():
         rows = score_records(rm, records, task=cfg.task, batch_size=cfg.eval_batch_size)
     judge.train(was_training)
-    return pairwise_accuracy(rows, records)
+    failed = [r["error"] for r in rows if "error" in r]
+    report_skipped(failed, len(rows) - len(failed), "eval_data row(s)")
+    return pairwise_accuracy(rows, records) | {"failed": len(failed)}
 
 
 # ------------------------------------------------------------------ the run
@@ -263,7 +271,11 @@ def train(cfg: TrainConfig) -> Path:
     if cfg.eval_data and cfg.objective != NEXT_TOKEN:
         from ..data import read_manifest
 
-        eval_records = [r for r in read_manifest(cfg.eval_data) if not isinstance(r, RecordError)][:cfg.eval_max]
+        eval_records = list(read_manifest(cfg.eval_data))
+        bad = [str(r) for r in eval_records if isinstance(r, RecordError)]
+        eval_records = [r for r in eval_records if not isinstance(r, RecordError)][:cfg.eval_max]
+        if accelerator.is_main_process:
+            report_skipped(bad, len(eval_records), "eval_data row(s)")
 
     judge, ckpt = build_judge(cfg, world)
     params = [p for p in judge.parameters() if p.requires_grad]
@@ -375,7 +387,8 @@ def train(cfg: TrainConfig) -> Path:
             if eval_records and (step % cfg.eval_steps == 0 or last):
                 if accelerator.is_main_process:
                     result = evaluate(judge, ckpt, eval_records, cfg)
-                    row |= {f"eval_{k}": v for k, v in result.items() if k.startswith("accuracy")}
+                    row |= {f"eval_{k}": v for k, v in result.items()
+                            if k.startswith("accuracy") or k in ("n", "failed")}
                     if result.get("accuracy", -1) > best:
                         best = result["accuracy"]
                         atomic_dir(out / "best", lambda p: save_judge(judge, ckpt, p, cfg,
