@@ -155,3 +155,11 @@ def test_video_roundtrip_and_bad_videos(tmp_path):
         assert name in str(e.value)
     with pytest.raises(MediaError, match="no frames"):
         load_video([])
+    # a file cut off part-way (an interrupted download): webm decodes its first part without an error
+    noise = torch.rand(32, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    data = write_video(tmp_path / "full.webm", noise).read_bytes()
+    assert load_video(tmp_path / "full.webm").shape[0] == 32
+    (tmp_path / "cut.webm").write_bytes(data[:len(data) // 2])
+    with pytest.raises(MediaError, match="truncated video: 1[0-9] of the 32 frames") as e:
+        load_video(tmp_path / "cut.webm")
+    assert "cut.webm" in str(e.value)

@@ -223,19 +223,40 @@ def _decode_video(path: Path) -> tuple[torch.Tensor, float | None]:
         raise MediaError(f"{path}: unsupported video format {path.suffix or '(no extension)'!r}")
     if path.stat().st_size == 0:
         raise MediaError(f"{path}: empty file (0 bytes)")
-    frames = []
+    frames, expected = [], None
     try:
         with av.open(str(path)) as container:
             stream = container.streams.video[0]
             rate = float(stream.average_rate) if stream.average_rate else None
+            expected = _expected_frames(container, stream, rate)
             for frame in container.decode(stream):
                 frames.append(torch.from_numpy(frame.to_ndarray(format="rgb24")).permute(2, 0, 1))
     except (av.error.FFmpegError, IndexError) as e:
         if not frames:
             raise MediaError(f"{path}: no decodable video frames ({e})") from None
+        raise MediaError(f"{path}: corrupt video: decoding failed after {len(frames)} frames ({e})") from None
     if not frames:
         raise MediaError(f"{path}: no decodable video frames")
+    # a cut-off file (an interrupted download) decodes its first part without an error: judged as a
+    # shorter clip, it would be scored on frames it does not have; a little slack for rounding
+    if expected and len(frames) < 0.9 * expected - 1:
+        raise MediaError(f"{path}: truncated video: {len(frames)} of the {expected} frames its header "
+                         "announces decode")
     return torch.stack(frames).float() / 255.0, rate
+
+
+def _expected_frames(container: Any, stream: Any, rate: float | None) -> int | None:
+    """How many frames the header announces: the stream's count, else its duration x frame rate (the
+    container's duration only when the video is its one stream: an audio track may be longer)."""
+    if stream.frames:
+        return int(stream.frames)
+    if rate is None:
+        return None
+    if stream.duration is not None and stream.time_base:
+        return round(float(stream.duration * stream.time_base) * rate)
+    if container.duration and len(container.streams) == 1:
+        return round(container.duration / 1e6 * rate)
+    return None
 
 
 def write_video(path: str | os.PathLike, frames: torch.Tensor | np.ndarray, *, fps: int = 8) -> Path:
