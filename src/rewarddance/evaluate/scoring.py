@@ -36,7 +36,7 @@ from ..context import Task, get_task
 from ..data import Record, RecordError, read_manifest
 from ..media import MediaError
 from ..models.reward_model import RewardModel
-from ..train.engine import atomic_write_text
+from ..train.engine import atomic_write_text, read_appended_rows
 from .metrics import accuracy
 
 log = logging.getLogger(__name__)
@@ -97,7 +97,8 @@ def close_distributed() -> None:
         dist.destroy_process_group()
 
 
-def _barrier(world: int) -> None:
+def barrier(world: int) -> None:
+    """Wait for every rank (nothing with one process)."""
     if world > 1:
         import torch.distributed as dist
 
@@ -110,15 +111,7 @@ def _part_path(output: Path, rank: int) -> Path:
 
 def read_rows(paths: Iterable[Path]) -> list[dict[str, Any]]:
     """Rows of earlier runs (a line cut off by a crash is skipped: that row is scored again)."""
-    rows = []
-    for path in paths:
-        if path.exists():
-            for text in path.read_text().splitlines():
-                try:
-                    rows.append(json.loads(text))
-                except json.JSONDecodeError:
-                    continue
-    return rows
+    return [row for path in paths if path.exists() for row in read_appended_rows(path)]
 
 
 def _finished(rows: list[dict[str, Any]], fingerprint: str, output: Path) -> dict[str, dict]:
@@ -164,7 +157,7 @@ def score_to_file(rm: RewardModel, records: list[Record | RecordError], output: 
     rank, world = shard_info()
     parts = sorted(output.parent.glob(f"{output.name}.rank*"))
     done = _finished(read_rows([output, *parts]), fingerprint, output)
-    _barrier(world)  # every rank has read the same finished rows before anyone writes
+    barrier(world)  # every rank has read the same finished rows before anyone writes
     todo = [r for r in records if r.key not in done][rank::world]
     mine = output if world == 1 else _part_path(output, rank)
     if world == 1 and output.exists():  # keep only finished rows, atomically, then append
@@ -186,10 +179,10 @@ def score_to_file(rm: RewardModel, records: list[Record | RecordError], output: 
                 break
     if world > 1:
         print(f"rank {rank}/{world}: scored {len(todo)} rows ({n_bad} failed)", file=sys.stderr)
-    _barrier(world)
+    barrier(world)
     if rank == 0:
         _merge(records, output, fingerprint)
-    _barrier(world)
+    barrier(world)
     rows = read_rows([output])
     failed = sum("error" in r for r in rows)
     return len(rows) - failed, failed

@@ -77,10 +77,11 @@ def seeded_noise(seeds: Sequence[int], shape: tuple[int, ...], device: torch.dev
     return torch.stack(noise).to(device=device, dtype=dtype)
 
 
-def _per_sample(sigma: Tensor | float, x: Tensor) -> Tensor:
-    """sigma (a number, a 0-d tensor or one per sample) shaped to broadcast against B×C×H×W `x`."""
+def per_sample(sigma: Tensor | float, x: Tensor) -> Tensor:
+    """sigma (a number, a 0-d tensor or one per sample) shaped to broadcast against B×C×H×W `x`: B×1×1×1,
+    or 1×1×1×1 (always as many dimensions as `x`, so that a per-sample reduction of it stays per sample)."""
     sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device)
-    return sigma.reshape(-1, *([1] * (x.ndim - 1))) if sigma.ndim else sigma
+    return sigma.reshape(-1, *([1] * (x.ndim - 1))) if sigma.ndim else sigma.reshape(*([1] * x.ndim))
 
 
 class Generator(nn.Module, ABC):
@@ -154,12 +155,12 @@ class Generator(nn.Module, ABC):
     @staticmethod
     def predict_clean(x: Tensor, sigma: Tensor | float, v: Tensor) -> Tensor:
         """The clean image x0 = x_t - sigma * v that state `x` at `sigma` and velocity `v` point to."""
-        return x - _per_sample(sigma, x) * v
+        return x - per_sample(sigma, x) * v
 
     def renoise(self, x0: Tensor, sigma: Tensor | float, seeds: Sequence[int]) -> Tensor:
         """x0 moved back to noise level `sigma`: (1 - sigma) x0 + sigma eps, eps drawn from each sample's seed."""
         eps = seeded_noise(seeds, tuple(x0.shape[1:]), x0.device, x0.dtype)
-        s = _per_sample(sigma, x0)
+        s = per_sample(sigma, x0)
         return (1 - s) * x0 + s * eps
 
     def flow_matching_loss(self, prompts: Sequence[str], x0: Tensor, generator: torch.Generator,
@@ -181,7 +182,7 @@ class Generator(nn.Module, ABC):
         rows = rows or slice(None)
         x0, prompts = x0[rows], list(prompts)[rows]
         sigma, eps = sigma[rows].to(x0.device, x0.dtype), eps[rows].to(x0.device, x0.dtype)
-        x_t = (1 - _per_sample(sigma, x0)) * x0 + _per_sample(sigma, x0) * eps
+        x_t = (1 - per_sample(sigma, x0)) * x0 + per_sample(sigma, x0) * eps
         v = self.velocity(x_t, sigma, self.encode_prompts(prompts))
         return torch.nn.functional.mse_loss(v, eps - x0)
 

@@ -49,7 +49,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from .base import Generator, _per_sample, seeded_noise
+from .base import Generator, per_sample, seeded_noise
 from .shapeworld import LORA_TARGETS, LORA_WEIGHTS
 
 OPTIONS_FILE = "rewarddance_generator.json"
@@ -263,7 +263,7 @@ class StableDiffusionGenerator(DiffusersGenerator):
     def velocity(self, x: Tensor, sigma: Tensor | float, cond: Cond, guidance_scale: float = 1.0,
                  uncond: Cond | None = None) -> Tensor:
         sig = torch.as_tensor(sigma, device=x.device).reshape(-1).expand(x.shape[0])
-        t, a, s = (_per_sample(v.to(x.dtype), x) for v in self._schedule_at(sig))
+        t, a, s = (per_sample(v.to(x.dtype), x) for v in self._schedule_at(sig))
         x_t = x * (a + s)  # the UNet's own (variance-preserving) latent
         timestep = t.flatten()
         cond = _expand(cond, x.shape[0])

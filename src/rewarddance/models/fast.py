@@ -218,7 +218,7 @@ class PrefixScorer:
                                    use_cache=True, **kwargs).past_key_values
         return [(layer.keys, layer.values) for layer in past.layers]
 
-    def _check_layouts(self, inputs: dict, n_ref: int, slots: Sequence[tuple[Encoded, int, int]]) -> None:
+    def _check_layouts(self, inputs: dict, slots: Sequence[tuple[Encoded, int, int]]) -> None:
         """Every (image, its token count, its index among the rendered grids) must fit the rendered
         sequence: its token count and (Qwen) the grid its positions follow."""
         grids = inputs.get("image_grid_thw")
@@ -256,7 +256,7 @@ class PrefixScorer:
             raise LayoutMismatchError("the references or the candidates of one group have different token layouts")
         inputs, pos, image_pos = self._render(task, layout, prompt, example)
         n_ref = 0 if reference is None else len(reference.features)
-        self._check_layouts(inputs, n_ref, [(r, n_ref, 0) for r, _ in groups if r is not None] + [
+        self._check_layouts(inputs, [(r, n_ref, 0) for r, _ in groups if r is not None] + [
             (c, len(image_pos) - n_ref, -1) for _, cs in groups for c in cs])
         shared, split = image_pos[0], image_pos[n_ref]
         prompt_layers = self._extend(None, inputs, pos, 0, shared, **self._vision_kwargs(inputs, 0, shared, 1))
@@ -294,7 +294,7 @@ class PrefixScorer:
             self.prefixes.put(key, prefix)
         inputs, pos, split, n_cand, layers = prefix
         encoded = [Encoded(b"", f, layout_, grid) for f, layout_, grid in feats]
-        self._check_layouts(inputs, 0, [(e, n_cand, -1) for e in encoded])
+        self._check_layouts(inputs, [(e, n_cand, -1) for e in encoded])
         self.scored += len(encoded)
         return self._suffix(layers, inputs, pos, split, encoded, batch_size)
 
@@ -307,7 +307,7 @@ class PrefixScorer:
         if reference is not None:
             ref = self.encode_images([reference])[0]
             n_ref = len(ref.features)
-            self._check_layouts(inputs, n_ref, [(ref, n_ref, 0)])
+            self._check_layouts(inputs, [(ref, n_ref, 0)])
         shared, split = image_pos[0], image_pos[n_ref]
         layers = self._extend(None, inputs, pos, 0, shared, **self._vision_kwargs(inputs, 0, shared, 1))
         if reference is not None:

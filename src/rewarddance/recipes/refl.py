@@ -35,13 +35,13 @@ import numpy as np
 import torch
 
 from ..config import ConfigError, config_dict, save_config
-from ..evaluate.scoring import shard_info
+from ..evaluate.scoring import barrier, shard_info
 from ..rl.frames import video_reward
 from ..rl.monitor import HackingMonitor, MonitorConfig
 from ..rl.refl import REWARD_LOSSES, refl_forward
 from ..train.engine import Checkpointer, MetricsLog, rng_state
 from ..world.generation import COMPOSITIONAL, checker_metric, heldout_prompts, render_batch
-from .rl_common import (all_reduce_gradients, any_rank, barrier, evaluate_heldout, finish_run, gather,
+from .rl_common import (all_reduce_gradients, any_rank, evaluate_heldout, finish_run, gather,
                         judge_takes_video, load_judge, load_prompts, reference_sources, resolve_device,
                         restore_checkpoint, setup_generator, starting_references, trainable_state)
 

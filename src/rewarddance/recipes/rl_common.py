@@ -102,13 +102,6 @@ def all_reduce_gradients(params: Sequence[torch.nn.Parameter], world: int, avera
             p.grad /= world
 
 
-def barrier(world: int) -> None:
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
-
-
 def load_prompts(source: str, categories: Sequence[str], n_prompts: int, seed: int, excluded: set[str]) -> list[str]:
     """The training prompt pool: `n_prompts` drawn from ShapeWorld's `categories` (source "shapeworld"),
     or a text file with one prompt per line."""

@@ -91,7 +91,7 @@ class TrainConfig:
 
 
 # ------------------------------------------------------------------ setup
-def _accelerator(cfg: TrainConfig):
+def _accelerator():
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
 
@@ -256,7 +256,7 @@ def train(cfg: TrainConfig) -> Path:
         raise ConfigError("cot_order: rationale-first puts the judgment after the rationale, but rewards are read "
                           "right after the prompt (one forward pass); such a judge cannot score yet. Use "
                           "judgment-first (the paper's order)")
-    accelerator = _accelerator(cfg)
+    accelerator = _accelerator()
     world, rank = accelerator.num_processes, accelerator.process_index
     per_micro, rem = divmod(cfg.batch_size, world * cfg.grad_accum)
     if rem or per_micro == 0:

@@ -54,6 +54,7 @@ import torch
 from torch import Tensor
 
 from ..generators import Generator, seeded_noise
+from ..generators.base import per_sample
 
 ADVANTAGE_STD = ("group", "global")
 
@@ -66,18 +67,13 @@ class SDEStep:
     log_prob: Tensor     # B: log-density of prev_sample, averaged over its elements
 
 
-def _per_sample(value: Tensor | float, x: Tensor) -> Tensor:
-    value = torch.as_tensor(value, dtype=x.dtype, device=x.device)
-    return value.reshape(-1, *([1] * (x.ndim - 1))) if value.ndim else value.reshape(*([1] * x.ndim))
-
-
 def sde_step(x: Tensor, v: Tensor, sigma: Tensor | float, sigma_next: Tensor | float, *, noise_level: float,
              sigma_cap: float, noise: Tensor | None = None, prev_sample: Tensor | None = None) -> SDEStep:
     """One reverse-SDE step from state `x` at `sigma` to `sigma_next` (numbers or one per sample) given the
     velocity `v` (see the module docstring). The next state is `prev_sample` when given (its log-density
     is then what a policy-gradient update needs), else mean + std · `noise` (standard normal, drawn by the
     caller so that it follows the sample's seed; zeros when None)."""
-    s, s_next = _per_sample(sigma, x), _per_sample(sigma_next, x)
+    s, s_next = per_sample(sigma, x), per_sample(sigma_next, x)
     dt = s_next - s
     ratio = s / (1 - torch.where(s >= 1, torch.as_tensor(sigma_cap, dtype=x.dtype, device=x.device), s))
     diffusion = noise_level * ratio.sqrt()

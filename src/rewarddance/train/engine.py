@@ -109,6 +109,19 @@ class Checkpointer:
         return torch.load(path / "trainer_state.pt", weights_only=False)
 
 
+def read_appended_rows(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The JSON rows of a file written a line at a time (metrics, scores); a line cut off by a kill is
+    left out (its row is logged or scored again by the resumed run)."""
+    rows = []
+    for text in Path(path).read_text().splitlines():
+        if text.strip():
+            try:
+                rows.append(json.loads(text))
+            except json.JSONDecodeError:
+                continue
+    return rows
+
+
 class MetricsLog:
     """metrics.jsonl (one flushed row per logged step), TensorBoard scalars, and curves.png at the end."""
 
@@ -128,17 +141,9 @@ class MetricsLog:
             self._tb = SummaryWriter(str(self.dir / "tensorboard"))
 
     @staticmethod
-    def _parse(text: str) -> dict | None:
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError:
-            return None  # a row cut off by a kill
-
-    @staticmethod
     def read(output_dir: str | os.PathLike) -> list[dict[str, Any]]:
         """The rows of a run's metrics.jsonl (a row cut off by a kill is left out)."""
-        text = (Path(output_dir) / "metrics.jsonl").read_text()
-        return [r for r in (MetricsLog._parse(t) for t in text.splitlines() if t.strip()) if r is not None]
+        return read_appended_rows(Path(output_dir) / "metrics.jsonl")
 
     def log(self, row: dict[str, Any]) -> None:
         row = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
