@@ -31,7 +31,9 @@ def test_save_load_score_batch_and_gradients(arch, load_rm):
         rm = load_rm(arch, layout)
         imgs = smooth_images(3, seed=1)
         refs = smooth_images(3, seed=2) if layout == "pairwise" else None
+        scored = rm.prefix_scorer.scored
         batch = rm.score(PROMPTS, imgs, references=refs)
+        assert rm.prefix_scorer.scored - scored == 3 and rm.prefix_scorer.fallbacks == 0  # the fast path ran
         assert all(0.0 < s < 1.0 for s in batch)
         single = [rm.score(p, [i], references=None if refs is None else [r])[0]
                   for p, i, r in zip(PROMPTS, imgs, refs or [None] * 3)]
@@ -238,7 +240,12 @@ def test_default_dtype_is_bf16_where_the_hardware_has_bf16_matmul(preset_dirs, m
     from rewarddance import _cpu_has_bf16_matmul
 
     monkeypatch.delenv("REWARDDANCE_DTYPE")
-    expected = torch.bfloat16 if _cpu_has_bf16_matmul() else torch.float32
+    for has_bf16, dtype in ((True, torch.bfloat16), (False, torch.float32)):  # the rule, both ways
+        monkeypatch.setattr(rd, "_cpu_has_bf16_matmul", lambda: has_bf16)
+        assert rd.default_dtype("cpu") == dtype
+    monkeypatch.undo()
+    monkeypatch.delenv("REWARDDANCE_DTYPE")
+    expected = torch.bfloat16 if _cpu_has_bf16_matmul() else torch.float32  # and this machine's answer
     assert rd.default_dtype("cpu") == expected
     rm = rd.load(preset_dirs("qwen2_5_vl"))
     assert rm.dtype == expected and 0 < rm.score("a red circle", smooth_images(1, seed=3))[0] < 1

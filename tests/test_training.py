@@ -331,7 +331,7 @@ def test_pretrain_recipe_continues_from_a_model_and_reports_both_orders(preset_d
     assert before.keys() == after.keys()
     for k in before:  # the preset is written in float16
         torch.testing.assert_close(after[k].float(), before[k].half().float(), atol=0, rtol=0)
-    assert rd.load(out).score("a red circle", [torch.rand(3, 64, 64)])
+    assert 0 < rd.load(out).score("a red circle", [torch.rand(3, 64, 64)])[0] < 1
 
 
 def test_resuming_with_another_learning_rate_is_refused(fixed_pairs, tmp_path):
