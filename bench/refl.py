@@ -193,6 +193,9 @@ def reward_speed(batch: int, repeats: int, preset: str) -> dict:
     dv = float((out["cached"]["rewards"] - out["plain"]["rewards"]).abs().max())
     dg = float((out["cached"]["grad"] - out["plain"]["grad"]).abs().max() / out["plain"]["grad"].abs().max())
     assert fast.prefix_scorer.fallbacks == 0 and fast.prefix_scorer.scored > 0  # the cached path really ran
+    if dv > 1e-4 or dg > 1e-4:  # the bound: the cached reward is the plain one, values and gradients
+        raise SystemExit(f"the cached reward disagrees with the plain one: max reward difference {dv:.1e}, "
+                         f"max relative gradient difference {dg:.1e} (bound 1e-4)")
     return {"preset": preset, "batch": batch, "references": 1, "cached_s": out["cached"]["time_s"],
             "plain_s": out["plain"]["time_s"], "speedup": out["plain"]["time_s"] / out["cached"]["time_s"],
             "max_reward_difference": dv, "max_relative_gradient_difference": dg}

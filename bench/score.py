@@ -123,6 +123,12 @@ def bench_preset(name: str, dtype: torch.dtype, n_prompts: int, with_generate: b
                "max_diff_vs_naive": float(np.abs(np.array(r_ours) - np.array(r_naive)).max()),
                # items the shared-prefix path handed to the plain path (layout mismatch): should stay 0
                "fallbacks": rm.prefix_scorer.fallbacks}
+        # a speed-up counts only if ours ran on the shared-prefix path and gave the naive rewards
+        tolerance = 1e-4 if dtype == torch.float32 else 1e-2  # bf16: rounding differs between the two orders
+        if rm.prefix_scorer.scored == 0 or row["fallbacks"] or row["max_diff_vs_naive"] > tolerance:
+            raise SystemExit(f"{name} {layout} K={k}: ours is not the fast path or disagrees with naive "
+                             f"(scored {rm.prefix_scorer.scored}, fallbacks {row['fallbacks']}, "
+                             f"max diff {row['max_diff_vs_naive']:.1e} > {tolerance:.0e})")
         if with_generate and (k == 4 or layout == "pointwise"):
             run_generate(rm, *warm)
             t_gen, _ = timed(run_generate, rm, prompts, cands, refs, reps=REPS)

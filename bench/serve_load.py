@@ -116,11 +116,15 @@ async def level(url: str, bodies: list[dict], want: list[list[float]], concurren
             except httpx.HTTPError:
                 errors += 1
                 continue
-            latencies.append(time.perf_counter() - t)
-            if r.status_code != 200:
+            if r.status_code != 200:  # an error is not a served request: neither its latency nor throughput
                 errors += 1
                 continue
-            diff = max(abs(a - b) for a, b in zip(r.json()["rewards"], want[i]))
+            latencies.append(time.perf_counter() - t)
+            got = r.json()["rewards"]
+            if len(got) != len(want[i]):  # a short answer is a wrong one
+                mismatched += 1
+                continue
+            diff = max(abs(a - b) for a, b in zip(got, want[i]))
             max_diff = max(max_diff, diff)
             mismatched += diff > TOL
 
