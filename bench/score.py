@@ -116,7 +116,9 @@ def bench_preset(name: str, dtype: torch.dtype, n_prompts: int, with_generate: b
         warm = (prompts[:BATCH], cands[:BATCH], None if refs is None else refs[:BATCH])
         for fn in (run_ours, run_naive):
             fn(rm, *warm)
+        scored = rm.prefix_scorer.scored
         t_ours, r_ours = timed(run_ours, rm, prompts, cands, refs, reps=REPS)
+        scored = rm.prefix_scorer.scored - scored  # by the timed runs
         t_naive, r_naive = timed(run_naive, rm, prompts, cands, refs, reps=REPS)
         n = len(cands)
         row = {"layout": layout, "k": k, "pairs": n, "ours": n / t_ours, "naive": n / t_naive,
@@ -125,9 +127,9 @@ def bench_preset(name: str, dtype: torch.dtype, n_prompts: int, with_generate: b
                "fallbacks": rm.prefix_scorer.fallbacks}
         # a speed-up counts only if ours ran on the shared-prefix path and gave the naive rewards
         tolerance = 1e-4 if dtype == torch.float32 else 1e-2  # bf16: rounding differs between the two orders
-        if rm.prefix_scorer.scored == 0 or row["fallbacks"] or row["max_diff_vs_naive"] > tolerance:
+        if scored != REPS * len(cands) or row["fallbacks"] or row["max_diff_vs_naive"] > tolerance:
             raise SystemExit(f"{name} {layout} K={k}: ours is not the fast path or disagrees with naive "
-                             f"(scored {rm.prefix_scorer.scored}, fallbacks {row['fallbacks']}, "
+                             f"(scored {scored} of {REPS * len(cands)}, fallbacks {row['fallbacks']}, "
                              f"max diff {row['max_diff_vs_naive']:.1e} > {tolerance:.0e})")
         if with_generate and (k == 4 or layout == "pointwise"):
             run_generate(rm, *warm)

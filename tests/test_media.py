@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import struct
 import zlib
+from fractions import Fraction
 
+import av
 import numpy as np
 import pytest
 import torch
@@ -160,6 +162,21 @@ def test_video_roundtrip_and_bad_videos(tmp_path):
     data = write_video(tmp_path / "full.webm", noise).read_bytes()
     assert load_video(tmp_path / "full.webm").shape[0] == 32
     (tmp_path / "cut.webm").write_bytes(data[:len(data) // 2])
-    with pytest.raises(MediaError, match="truncated video: 1[0-9] of the 32 frames") as e:
+    with pytest.raises(MediaError, match=r"truncated video: its frames end at 1\.[5-9]\d s of the 4\.00 s") as e:
         load_video(tmp_path / "cut.webm")
     assert "cut.webm" in str(e.value)
+    (tmp_path / "cut90.webm").write_bytes(data[:len(data) * 9 // 10])
+    with pytest.raises(MediaError, match="truncated video"):
+        load_video(tmp_path / "cut90.webm")
+    # a variable frame rate (a screen recording): 40 frames at 30 fps, then 10 at 1 fps, is whole
+    vfr = tmp_path / "vfr.webm"
+    with av.open(str(vfr), "w") as container:
+        stream = container.add_stream("libvpx", rate=30)
+        stream.width, stream.height, stream.pix_fmt = 64, 64, "yuv420p"
+        stream.codec_context.time_base = Fraction(1, 1000)
+        for k, t in enumerate([i / 30 for i in range(40)] + [40 / 30 + i for i in range(10)]):
+            frame = av.VideoFrame.from_ndarray(np.full((64, 64, 3), 5 * k, np.uint8), format="rgb24")
+            frame.pts, frame.time_base = round(t * 1000), Fraction(1, 1000)
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    assert load_video(vfr).shape[0] == 50

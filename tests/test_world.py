@@ -280,5 +280,6 @@ def test_data_world_cli(tmp_path, capsys):
     from rewarddance.cli import main
 
     assert main(["data", "world", "--out", str(tmp_path), "--n", "8", "--seed", "1", "--n-test", "10"]) == 0
-    assert "train.jsonl" in capsys.readouterr().out
+    printed = [line.split()[1] for line in capsys.readouterr().out.splitlines()]
+    assert str(tmp_path / "train.jsonl") in printed and all(Path(f).is_file() for f in printed)  # the files written
     assert len((tmp_path / "train.jsonl").read_text().splitlines()) == 8

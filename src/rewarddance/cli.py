@@ -209,8 +209,8 @@ def cmd_data_world(args: argparse.Namespace) -> int:
 
     counts = build_world(args.out, args.n, seed=args.seed, size=args.size, video=args.video,
                          label_noise=args.label_noise, n_test=args.n_test, n_video=args.n_video)
-    for path, n in counts.items():
-        print(f"{n:7d}  {path}")
+    for name, n in counts.items():  # build_world counts by file name
+        print(f"{n:7d}  {Path(args.out) / name}")
     return EXIT_OK
 
 

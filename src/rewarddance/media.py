@@ -223,14 +223,15 @@ def _decode_video(path: Path) -> tuple[torch.Tensor, float | None]:
         raise MediaError(f"{path}: unsupported video format {path.suffix or '(no extension)'!r}")
     if path.stat().st_size == 0:
         raise MediaError(f"{path}: empty file (0 bytes)")
-    frames, expected = [], None
+    frames, announced, end = [], None, None
     try:
         with av.open(str(path)) as container:
             stream = container.streams.video[0]
             rate = float(stream.average_rate) if stream.average_rate else None
-            expected = _expected_frames(container, stream, rate)
+            announced = _announced_seconds(container, stream)
             for frame in container.decode(stream):
                 frames.append(torch.from_numpy(frame.to_ndarray(format="rgb24")).permute(2, 0, 1))
+                end = _frame_end(frame, stream, rate)
     except (av.error.FFmpegError, IndexError) as e:
         if not frames:
             raise MediaError(f"{path}: no decodable video frames ({e})") from None
@@ -238,25 +239,33 @@ def _decode_video(path: Path) -> tuple[torch.Tensor, float | None]:
     if not frames:
         raise MediaError(f"{path}: no decodable video frames")
     # a cut-off file (an interrupted download) decodes its first part without an error: judged as a
-    # shorter clip, it would be scored on frames it does not have; a little slack for rounding
-    if expected and len(frames) < 0.9 * expected - 1:
-        raise MediaError(f"{path}: truncated video: {len(frames)} of the {expected} frames its header "
-                         "announces decode")
+    # shorter clip, it would be scored on frames it does not have. Times, not frame counts: a frame count
+    # in the header over-counts trimmed (edit-listed) files, and a variable frame rate breaks count = time x rate
+    if announced and end is not None and end < 0.95 * announced:
+        raise MediaError(f"{path}: truncated video: its frames end at {end:.2f} s of the {announced:.2f} s "
+                         "its header announces")
     return torch.stack(frames).float() / 255.0, rate
 
 
-def _expected_frames(container: Any, stream: Any, rate: float | None) -> int | None:
-    """How many frames the header announces: the stream's count, else its duration x frame rate (the
-    container's duration only when the video is its one stream: an audio track may be longer)."""
-    if stream.frames:
-        return int(stream.frames)
-    if rate is None:
-        return None
+def _announced_seconds(container: Any, stream: Any) -> float | None:
+    """The video's duration from its header, from the stream's start (the container's only when the video is
+    its one stream: an audio track may be longer)."""
     if stream.duration is not None and stream.time_base:
-        return round(float(stream.duration * stream.time_base) * rate)
+        return float(stream.duration * stream.time_base)
     if container.duration and len(container.streams) == 1:
-        return round(container.duration / 1e6 * rate)
+        start = float(stream.start_time * stream.time_base) if stream.start_time and stream.time_base else 0.0
+        return container.duration / 1e6 - start
     return None
+
+
+def _frame_end(frame: Any, stream: Any, rate: float | None) -> float | None:
+    """When `frame` stops showing, from the stream's start (None when it carries no time)."""
+    if frame.time is None:
+        return None
+    start = float(stream.start_time * stream.time_base) if stream.start_time and stream.time_base else 0.0
+    shown = float(frame.duration * stream.time_base) if frame.duration and stream.time_base else \
+        (1 / rate if rate else 0.0)
+    return frame.time - start + shown
 
 
 def write_video(path: str | os.PathLike, frames: torch.Tensor | np.ndarray, *, fps: int = 8) -> Path:

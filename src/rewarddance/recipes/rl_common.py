@@ -180,7 +180,10 @@ def reference_sources(judge: str, dtype: str, generator: str, generator_options:
     from ..models.presets import parse_preset_name, preset_path
 
     judge_dir = Path(judge) if Path(judge).is_dir() else preset_path(judge) if parse_preset_name(judge) else None
-    return {"judge": judge if judge_dir is None else weights_file_digest(judge_dir), "judge_dtype": dtype,
+    config = judge_dir / "rewarddance.json" if judge_dir is not None else None  # its layout, task, normalize
+    return {"judge": judge if judge_dir is None else weights_file_digest(judge_dir),
+            "judge_config": config.read_text() if config is not None and config.exists() else None,
+            "judge_dtype": dtype,
             "generator": weights_file_digest(generator_path(generator), recursive=True),
             "generator_options": generator_options}
 
