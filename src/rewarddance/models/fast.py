@@ -36,7 +36,7 @@ import torch
 from transformers import DynamicCache
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from ..context import build_context
+from ..context import Task, build_context
 from .judge import Judge
 from .presets import ARCHS
 
@@ -225,7 +225,7 @@ class PrefixScorer:
         if any(len(e.features) != n or (grids is not None and not torch.equal(e.grid, grids[j])) for e, n, j in slots):
             raise LayoutMismatchError("an image's token layout differs from the one rendered for its group")
 
-    def _render(self, task, layout: str, prompt: str, example: tuple[torch.Tensor, torch.Tensor | None]
+    def _render(self, task: Task, layout: str, prompt: str, example: tuple[torch.Tensor, torch.Tensor | None]
                 ) -> tuple[dict, torch.Tensor, list[int]]:
         """The token sequence of one (candidate, reference) example: inputs, positions, image token indices."""
         judge = self.judge
@@ -240,7 +240,7 @@ class PrefixScorer:
             pos = torch.arange(ids.shape[1], device=ids.device)[None]
         return inputs, pos, image_pos
 
-    def rewards(self, task, layout: str, prompt: str, example: tuple[torch.Tensor, torch.Tensor | None],
+    def rewards(self, task: Task, layout: str, prompt: str, example: tuple[torch.Tensor, torch.Tensor | None],
                 groups: Sequence[tuple[Encoded | None, Sequence[Encoded]]], batch_size: int) -> list[torch.Tensor]:
         """P(yes) for the candidates of one prompt, grouped by reference (None in the pointwise layout).
 
@@ -271,7 +271,7 @@ class PrefixScorer:
             self.scored += len(candidates)
         return out
 
-    def differentiable_scores(self, task, layout: str, prompt: str, candidates: torch.Tensor,
+    def differentiable_scores(self, task: Task, layout: str, prompt: str, candidates: torch.Tensor,
                               reference: torch.Tensor | None = None, batch_size: int = 16) -> torch.Tensor:
         """B×2 (yes, no) log-scores of `candidates` (B×3×H×W float images in [0, 1], gradients kept)
         under one prompt and reference (None in the pointwise layout), for ReFL.
@@ -298,7 +298,7 @@ class PrefixScorer:
         self.scored += len(encoded)
         return self._suffix(layers, inputs, pos, split, encoded, batch_size)
 
-    def _prefix(self, task, layout: str, prompt: str, example: torch.Tensor, reference: torch.Tensor | None
+    def _prefix(self, task: Task, layout: str, prompt: str, example: torch.Tensor, reference: torch.Tensor | None
                 ) -> tuple[dict, torch.Tensor, int, int, list]:
         """(inputs, positions, index of the candidate's first token, its token count, the keys/values
         of everything before it) for one prompt and reference."""

@@ -21,7 +21,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from ..context import LAYOUTS, Context, build_context, get_task
+from ..context import LAYOUTS, Context, Task, build_context, get_task
 from ..media import MediaError, broadcast, load_image, load_media
 from .checkpoint import (CheckpointConfig, CheckpointError, read_checkpoint_config, weights_file_digest,
                          write_checkpoint_config)
@@ -160,7 +160,7 @@ class RewardModel:
         return self.judge.dtype
 
     def load_items(self, prompts: Sequence[str] | str, candidates: Sequence[Any], *, references: Any = None,
-                   conditions: Any = None, task: str | None = None) -> tuple[Any, list[tuple]]:
+                   conditions: Any = None, task: str | None = None) -> tuple[Task, list[tuple]]:
         """Check the arguments against this checkpoint's layout and load the media:
         (task, [(prompt, candidate, reference or None, condition or None), ...])."""
         task_obj = get_task(task or self.task)
@@ -193,7 +193,7 @@ class RewardModel:
         prompt, candidate, reference, condition = item
         return build_context(task_obj, self.layout, prompt, candidate, reference=reference, condition=condition)
 
-    def score_items(self, task_obj: Any, items: list[tuple], batch_size: int = 16) -> list[float]:
+    def score_items(self, task_obj: Task, items: list[tuple], batch_size: int = 16) -> list[float]:
         """Rewards for items from `load_items` (call under torch.inference_mode()): shared-prefix
         groups where possible, else length-sorted plain batches."""
         out: list[float | None] = [None] * len(items)
