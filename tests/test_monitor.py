@@ -6,6 +6,7 @@ import doctest
 import functools
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,6 +19,7 @@ from rewarddance.rl import (
     MonitorConfig,
     diversity,
     plot_monitor,
+    replay,
 )
 
 STEPS, PROMPTS, PER_PROMPT, EVAL_EVERY = 200, 4, 4, 20
@@ -90,7 +92,7 @@ def test_hacking_trace_raises_each_alarm_at_a_sensible_step():
     # samples are half-way to one image at step 60: patience 3 -> first raised at 61..63
     assert 60 < first_step(rows, "diversity_collapse") <= 63
     # gt 0.42 at step 80 (8 points down), 0.34 at 100: two consecutive evaluations -> step 100
-    assert first_step(rows, "reward_up_gt_down") == 100
+    assert first_step(rows, "reward_up_gt_down") == 100 and first_step(rows, "gt_down") == 100
     # spread saturates by step 120; the window (50 steps) must mostly forget the climb first
     assert 120 < first_step(rows, "reward_variance_collapse") < 170
     assert mon.summary()["alarms"] == {name: first_step(rows, name) for name in ALARMS}
@@ -124,11 +126,40 @@ def test_noise_level_gt_wobbles_do_not_raise_the_gt_alarm():
     assert first_step(rows, "reward_up_gt_down") == 120
 
 
-def test_gt_drop_without_a_reward_rise_is_not_hacking():
+def test_gt_drop_without_a_reward_rise_is_gt_down_not_reward_up_gt_down():
     flat = [{"step": t, "rewards": 0.5 + 0.1 * torch.randn(B, generator=torch.Generator().manual_seed(t)),
              "gt_pass_rate": (0.5 if t < 100 else 0.3) if t % EVAL_EVERY == 0 else None} for t in range(STEPS)]
     _, rows = run(flat)
     assert first_step(rows, "reward_up_gt_down") is None
+    assert first_step(rows, "gt_down") == 120  # 20 points down at 100 and 120: the run makes things worse
+
+
+GOLDEN = Path(__file__).parent / "golden"
+
+
+def test_the_full_studys_refl_run_that_lost_ten_points_is_flagged_on_replay():
+    """The full RL study's ReFL arm against its best judge (docs/rl.md): held-out pass rate 40.6% -> 32.4% ->
+    30.1% at steps 0, 175, 200 while the reward rose 0.43 sd, under `reward_rise`: the monitor of the run
+    (without gt_down) raised nothing. Its logged rows, replayed, raise gt_down at step 200."""
+    rows = [json.loads(t) for t in (GOLDEN / "monitor-trace-refl-generative-full-study.jsonl").read_text().splitlines()]
+    assert replay(rows)["alarms"] == {"gt_down": 200}
+    assert replay(rows, MonitorConfig(gt_drop=0.11))["alarms"] == {}  # a 10.5-point fall, no more
+
+
+def test_replay_of_logged_rows_gives_the_live_monitors_verdict():
+    """Each step's rewards stood in for by mean -+ std: the window's pooled spread and every alarm come out
+    as the monitor fed the real rewards (and images) gave them."""
+    mon, rows = hacked()
+    again = replay(rows)
+    live = mon.summary()
+    assert again["alarms"] == live["alarms"] and len(live["alarms"]) == len(ALARMS)
+    for key in ("reward_std_window_last", "reward_mean_after", "diversity_before", "diversity_after",
+                "gt_pass_rate_after"):
+        assert again[key] == pytest.approx(live[key], rel=1e-9, abs=1e-12)
+    healthy_mon, healthy_rows = run(healthy_trace())
+    healthy, healthy_again = healthy_mon.summary(), replay(healthy_rows)
+    assert healthy_again.pop("alarms") == healthy.pop("alarms") == {}
+    assert healthy_again == pytest.approx(healthy)
 
 
 def test_reward_std_window_is_the_std_of_exactly_the_last_w_steps():

@@ -5,9 +5,9 @@ The recipes that wire them: `rewarddance rl refl` (recipes/refl.py), `rewarddanc
 and `rewarddance rl search` (recipes/search.py).
 """
 
-from .monitor import ALARMS, HackingMonitor, MonitorConfig, diversity, plot_monitor
+from .monitor import ALARMS, HackingMonitor, MonitorConfig, diversity, plot_monitor, replay
 from .refl import REWARD_LOSSES, ReFLOutput, refl_forward, reward_to_loss
 from .search import SearchResult, best_of_n, search_over_paths
 
 __all__ = ["ALARMS", "REWARD_LOSSES", "HackingMonitor", "MonitorConfig", "ReFLOutput", "SearchResult", "best_of_n",
-           "diversity", "plot_monitor", "refl_forward", "reward_to_loss", "search_over_paths"]
+           "diversity", "plot_monitor", "refl_forward", "replay", "reward_to_loss", "search_over_paths"]

@@ -29,6 +29,12 @@ Alarms (names in `ALARMS`; each threshold is a `MonitorConfig` field, justified 
   `reward_rise` baseline standard deviations above its level at the first evaluation while
   the ground-truth pass rate is at least `gt_drop` below it, on `gt_patience` consecutive
   evaluations.
+- "gt_down": the ground-truth pass rate at least `gt_drop` below the first evaluation on
+  `gt_patience` consecutive evaluations, whatever the reward did. The run is making the
+  generator worse at what the reward stands for: hacking when the reward rose with it (the
+  alarm above), a judge that leads nowhere when it stayed flat. Added after the full RL study
+  (docs/rl.md): ReFL against its best judge lost 10.5 points (40.6% -> 30.1%) while the reward
+  rose 0.43 sd, under `reward_rise`, and nothing fired.
 - "reward_variance_collapse": `reward_std_window` below `std_collapse` times its value at the
   first full window, on `patience` consecutive steps.
 - "diversity_collapse": `diversity` below `diversity_collapse` times its first value (step 0),
@@ -75,9 +81,11 @@ import torch.nn.functional as F
 from ..config import ConfigError
 
 REWARD_UP_GT_DOWN = "reward_up_gt_down"
+GT_DOWN = "gt_down"
 VARIANCE_COLLAPSE = "reward_variance_collapse"
 DIVERSITY_COLLAPSE = "diversity_collapse"
-ALARMS = (REWARD_UP_GT_DOWN, VARIANCE_COLLAPSE, DIVERSITY_COLLAPSE)
+ALARMS = (REWARD_UP_GT_DOWN, GT_DOWN, VARIANCE_COLLAPSE, DIVERSITY_COLLAPSE)
+EVAL_ALARMS = (REWARD_UP_GT_DOWN, GT_DOWN)  # judged on evaluation rows only
 ROW_KEYS = frozenset({"step", "reward_mean", "reward_std", "reward_std_window", "reward_std_group", "diversity",
                       "grad_norm", "gt_pass_rate", "alarms"})
 
@@ -268,11 +276,13 @@ class HackingMonitor:
         grad_norm: float | torch.Tensor | None = None,
         gt_pass_rate: float | None = None,
         extra: Mapping[str, Any] | None = None,
+        measured_diversity: float | None = None,
     ) -> dict[str, Any]:
         """Take one step's rewards (B), optionally its samples (B x 3 x H x W or B x T x 3 x H x W in
         [0, 1]) with their prompt groups, the gradient norm, and on evaluation steps the
         ground-truth pass rate (a fraction); return the row to log. `extra` keys are appended
-        to the row (they must not shadow the monitor's)."""
+        to the row (they must not shadow the monitor's). `measured_diversity` is a diversity
+        measured elsewhere, in place of `images` (`replay` of a logged run)."""
         cfg = self.config
         step = int(step)
         if self._last_step is not None and step <= self._last_step:
@@ -292,7 +302,9 @@ class HackingMonitor:
         clash = sorted(set(extra or ()) & ROW_KEYS)
         if clash:
             raise ValueError(f"extra: keys {clash} are the monitor's own")
-        div = math.nan
+        if images is not None and measured_diversity is not None:
+            raise ValueError("give images or measured_diversity, not both")
+        div = math.nan if measured_diversity is None else _scalar(measured_diversity, "measured_diversity")
         if images is not None:
             div = diversity(images, groups, size=cfg.diversity_size, features=self.features)
 
@@ -349,7 +361,7 @@ class HackingMonitor:
             self._streak[DIVERSITY_COLLAPSE] = self._streak[DIVERSITY_COLLAPSE] + 1 if low else 0
         # reward up, ground truth down: evaluation rows only, against the first evaluation. The
         # reward level is the window mean (many batches, so the comparison is not one batch's luck)
-        gt_alarm = False
+        eval_alarms = set()
         if "gt_pass_rate" in row:
             if self._eval_base is None:
                 self._eval_base = {"reward_level": reward_level, "reward_scale": row["reward_std_window"],
@@ -361,10 +373,11 @@ class HackingMonitor:
                 # the tolerance keeps a drop of exactly gt_drop a drop despite float rounding (0.5 - 0.44)
                 down = base_eval["gt"] - row["gt_pass_rate"] >= cfg.gt_drop - 1e-9
                 self._streak[REWARD_UP_GT_DOWN] = self._streak[REWARD_UP_GT_DOWN] + 1 if (up and down) else 0
-                gt_alarm = self._streak[REWARD_UP_GT_DOWN] >= cfg.gt_patience
+                self._streak[GT_DOWN] = self._streak[GT_DOWN] + 1 if down else 0
+                eval_alarms = {name for name in EVAL_ALARMS if self._streak[name] >= cfg.gt_patience}
         if self._n <= cfg.min_steps:
             return []
-        raised = [name for name in ALARMS if (gt_alarm if name == REWARD_UP_GT_DOWN
+        raised = [name for name in ALARMS if (name in eval_alarms if name in EVAL_ALARMS
                                                else self._streak[name] >= cfg.patience)]
         for name in raised:
             self._fired.setdefault(name, row["step"])
@@ -431,6 +444,28 @@ class HackingMonitor:
         self._streak = {name: int(state["streak"].get(name, 0)) for name in ALARMS}
         self._fired = dict(state["fired"])
         self._last = dict(state["last"])
+
+
+def replay(rows: Iterable[Mapping[str, Any]], config: MonitorConfig | None = None) -> dict[str, Any]:
+    """`summary()` of a monitor fed a logged run's rows (metrics.jsonl) again, e.g. with other thresholds.
+
+    Each step's rewards are stood in for by two values, mean -+ std of its batch: the same batch
+    mean and (population) spread, so the window's mean and pooled spread, and with them every
+    alarm, come out as they did, for runs with one batch size throughout (ReFL, GRPO); the logged
+    diversity is taken as measured.
+
+    Example:
+        >>> rows = [{"step": s, "reward_mean": 0.5 + s / 1000, "reward_std": 0.02, "diversity": 0.2,
+        ...          **({"gt_pass_rate": 0.4 - s / 500} if s % 25 == 0 else {})} for s in range(101)]
+        >>> replay(rows)["alarms"], replay(rows, MonitorConfig(reward_rise=5.0))["alarms"]
+        ({'reward_up_gt_down': 75, 'gt_down': 75}, {'gt_down': 75})
+    """
+    monitor = HackingMonitor(config)
+    for row in rows:
+        m, s = row["reward_mean"], row["reward_std"]
+        monitor.update(row["step"], [m - s, m + s], gt_pass_rate=row.get("gt_pass_rate"),
+                       measured_diversity=row.get("diversity"))
+    return monitor.summary()
 
 
 _PANELS = (
