@@ -305,6 +305,11 @@ def test_rl_study_with_given_judges_writes_the_contract_and_resumes(judges, gen_
     # ... and a row written under other settings is run again: that arm only
     row = json.loads((carried / "refl-pairwise" / "row.json").read_text())
     (carried / "refl-pairwise" / "row.json").write_text(json.dumps(row | {"key": "other settings"}))
+    # (--arms: only the named arms run; an unfinished other arm is left out of the table)
+    partial = study_rl(carried, rms=rms, settings=s, only={"search"})
+    assert [a["name"] for a in partial["arms"]] == names[1:] and not (carried / "study.log").exists()
+    with pytest.raises(ValueError, match="no arm named refl-nope"):
+        study_rl(carried, rms=rms, settings=s, only={"refl-nope"})
     study_rl(carried, rms=rms, settings=s)
     steps = [line for line in (carried / "study.log").read_text().splitlines() if line.startswith("$ ")]
     assert len(steps) == 1 and " rl refl " in steps[0] and "refl-pairwise" in steps[0], steps

@@ -289,7 +289,10 @@ def cmd_study_rl(args: argparse.Namespace) -> int:
         if not Path(path).exists():
             raise UsageError(f"--rm {item!r}: {path} does not exist")
         rms[name] = path
-    study_rl(args.out, quick=args.quick, rms=rms or None)
+    only = None if args.arms is None else {name.strip() for name in args.arms.split(",") if name.strip()}
+    if only is not None and not only:
+        raise UsageError("--arms: name at least one arm")
+    study_rl(args.out, quick=args.quick, rms=rms or None, only=only)
     return EXIT_OK
 
 
@@ -453,6 +456,9 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--quick", action="store_true", help="the <= 15-minute version (fewer steps and prompts)")
     st.add_argument("--rm", action="append", metavar="NAME=DIR",
                     help="use this judge instead of training the study's own (repeatable)")
+    st.add_argument("--arms", default=None, metavar="NAME,NAME",
+                    help="run only these arms (refl-<judge>, grpo-<judge>, search); the other arms' finished rows "
+                         "stay in the table, unfinished ones are left out")
     st.set_defaults(func=cmd_study_rl)
     sm = ssub.add_parser("rm", help="the reward-model study: paradigms, sizes, context, data, video (Tables 2, 7-9)")
     sm.add_argument("--out", required=True, help="output directory (results.json, results.md, plots, arms/)")

@@ -171,13 +171,14 @@ def generation_settings(s: StudySettings) -> dict[str, Any]:
 
 
 def training_arm(method: str, name: str, judge_name: str, judges: Judges, s: StudySettings, out: Path,
-                 log: Path, generation: dict[str, Any]) -> dict:
+                 log: Path, generation: dict[str, Any], run: bool = True) -> dict | None:
     """A ReFL or GRPO arm (`rewarddance rl refl|grpo`, resumable) against a judge or, for GRPO, the checker
-    ("checker"); its results.json row, kept in OUT/<name>/row.json under the arm's key."""
+    ("checker"); its results.json row, kept in OUT/<name>/row.json under the arm's key (None when it is not
+    finished and not to be `run`)."""
     folder = out / name
     steps, overrides = (s.refl_steps, s.refl_overrides) if method == "refl" else (s.grpo_steps, s.grpo_overrides)
     key = key_of([method, judges.key(judge_name), steps, overrides, generation])
-    if (row := read_keyed(folder / "row.json", key)) is not None:
+    if (row := read_keyed(folder / "row.json", key)) is not None or not run:
         return row
     started = start_folder(folder, key)
     judge, judge_eval = ("checker", None) if judge_name == "checker" else judges.get(judge_name)
@@ -208,12 +209,15 @@ def _arm_row(name: str, judge: str, method: str, r: dict) -> dict:
 
 
 def search_arms(judge_name: str, judges: Judges, s: StudySettings, out: Path, log: Path,
-                generation: dict[str, Any]) -> list[dict]:
+                generation: dict[str, Any], run: bool = True) -> list[dict]:
     """Best-of-N and search over paths with one judge (one `rewarddance rl search` run in OUT/search, its files
-    copied into each arm's folder); their rows, kept in OUT/search/row.json under the run's key."""
+    copied into each arm's folder); their rows, kept in OUT/search/row.json under the run's key (none when
+    the run is not finished and not to be `run`)."""
     arm = out / "search"
     key = key_of(["search", judges.key(judge_name), s.search_n, s.search_paths, generation])
-    if (done := read_keyed(arm / "row.json", key)) is None:
+    if (done := read_keyed(arm / "row.json", key)) is None and not run:
+        return []
+    if done is None:
         started = start_folder(arm, key)
         judge, judge_eval = judges.get(judge_name)
         if not (arm / "results.json").exists():
@@ -250,10 +254,12 @@ def search_rows(r: dict, judge: str, judge_name: str, judge_eval: dict | None) -
 
 
 def study_rl(out: str | Path, *, quick: bool = False, rms: dict[str, str] | None = None,
-             settings: StudySettings | None = None) -> dict:
+             settings: StudySettings | None = None, only: set[str] | None = None) -> dict:
     """Run (or resume) the study; returns results.json's content. `settings` replaces the quick/full ones.
     Finished arms are read from their rows (OUT/<arm>/row.json, OUT/search/row.json) when their key (judge,
     settings, generator weights) matches, so a study also resumes from rows copied from another machine.
+    With `only` (arm names; "search" is Best-of-N and search together), the other arms are not run: their
+    finished rows stay in the table, unfinished ones are left out.
 
         >>> study_rl("runs/study-rl-quick", quick=True)["arms"][0]["gt_pass_rate_after"]  # doctest: +SKIP
         0.40625
@@ -265,12 +271,16 @@ def study_rl(out: str | Path, *, quick: bool = False, rms: dict[str, str] | None
     log = out / "study.log"
     judges = Judges(s, rms, log)
     generation = generation_settings(s)
-    arms = [training_arm("refl", f"refl-{name}", name, judges, s, out, log, generation) for name in judges.names]
+    plan = [("refl", f"refl-{name}", name) for name in judges.names]
+    plan += [("grpo", f"grpo-{name}", name) for name in s.grpo_judges if name == "checker" or name in judges.names]
+    if only is not None and (unknown := only - {name for _, name, _ in plan} - {"search"}):
+        raise ValueError(f"--arms: no arm named {', '.join(sorted(unknown))} in this study (arms: "
+                         f"{', '.join(name for _, name, _ in plan)}, search)")
+    arms = [training_arm(method, name, judge, judges, s, out, log, generation, run=only is None or name in only)
+            for method, name, judge in plan]
+    arms = [row for row in arms if row is not None]
     best = "generative" if "generative" in judges.names else judges.names[0]
-    for name in s.grpo_judges:
-        if name == "checker" or name in judges.names:
-            arms.append(training_arm("grpo", f"grpo-{name}", name, judges, s, out, log, generation))
-    arms += search_arms(best, judges, s, out, log, generation)
+    arms += search_arms(best, judges, s, out, log, generation, run=only is None or "search" in only)
     result = {"arms": arms, "quick": quick, "settings": asdict(s), "generation": generation,
               "minutes_this_run": round((time.perf_counter() - t0) / 60, 2),
               "command": "rewarddance study rl" + (" --quick" if quick else "") + f" --out {out}"}
