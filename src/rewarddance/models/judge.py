@@ -166,6 +166,15 @@ class JudgeModule(nn.Module):
                     m._gradient_checkpointing_func = func
 
 
+def _float32_rows(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """The few head rows a judgment needs, in float32 whatever the model's dtype (autocast too): in
+    bfloat16 an answer logit of size ~8 is rounded to steps of ~0.03 and a value of size ~1 to ~0.004,
+    so two images whose rewards differ by 1e-3 (a judge early in training) would tie. Measured on the
+    RL study's regressive judge: 58% accuracy in float32, 37% in bfloat16 (its ties count wrong)."""
+    with torch.autocast(h.device.type, enabled=False):
+        return nn.functional.linear(h.float(), weight.float(), None if bias is None else bias.float())
+
+
 class Judge(JudgeModule):
     """Backbone + processor -> B×2 (yes, no) log-scores at the answer position; P(yes) from them.
 
@@ -270,16 +279,14 @@ class Judge(JudgeModule):
         """B×2 (yes, no) log-scores from final hidden states B×H: only the answer rows of the LM
         head (or the value head's (v, 0))."""
         if self.value_head is not None:
-            v = self.value_head(h).float()
+            v = _float32_rows(h, self.value_head.weight, self.value_head.bias)
             return torch.cat([v, torch.zeros_like(v)], dim=1)
         head = self.backbone.get_output_embeddings()
         if self.normalize == "vocab":
             return self.scores_from_logits(head(h))
         ids = torch.tensor(self.yes_ids + self.no_ids, device=h.device)
-        logits = h @ head.weight[ids].T
-        if getattr(head, "bias", None) is not None:
-            logits = logits + head.bias[ids]
-        return self._pool_answers(logits.float())
+        bias = getattr(head, "bias", None)
+        return self._pool_answers(_float32_rows(h, head.weight[ids], None if bias is None else bias[ids]))
 
     def scores_from_logits(self, logits: torch.Tensor) -> torch.Tensor:
         """B×2 (yes, no) log-scores from full-vocabulary logits B×V."""
