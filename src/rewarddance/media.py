@@ -228,10 +228,11 @@ def _decode_video(path: Path) -> tuple[torch.Tensor, float | None]:
         with av.open(str(path)) as container:
             stream = container.streams.video[0]
             rate = float(stream.average_rate) if stream.average_rate else None
-            announced = _announced_seconds(container, stream)
+            start = float(stream.start_time * stream.time_base) if stream.start_time and stream.time_base else 0.0
+            announced = _announced_seconds(container, stream, start)
             for frame in container.decode(stream):
                 frames.append(torch.from_numpy(frame.to_ndarray(format="rgb24")).permute(2, 0, 1))
-                end = _frame_end(frame, stream, rate)
+                end = _frame_end(frame, stream, rate, start)
     except (av.error.FFmpegError, IndexError) as e:
         if not frames:
             raise MediaError(f"{path}: no decodable video frames ({e})") from None
@@ -247,22 +248,20 @@ def _decode_video(path: Path) -> tuple[torch.Tensor, float | None]:
     return torch.stack(frames).float() / 255.0, rate
 
 
-def _announced_seconds(container: Any, stream: Any) -> float | None:
+def _announced_seconds(container: Any, stream: Any, start: float) -> float | None:
     """The video's duration from its header, from the stream's start (the container's only when the video is
     its one stream: an audio track may be longer)."""
     if stream.duration is not None and stream.time_base:
         return float(stream.duration * stream.time_base)
     if container.duration and len(container.streams) == 1:
-        start = float(stream.start_time * stream.time_base) if stream.start_time and stream.time_base else 0.0
         return container.duration / 1e6 - start
     return None
 
 
-def _frame_end(frame: Any, stream: Any, rate: float | None) -> float | None:
-    """When `frame` stops showing, from the stream's start (None when it carries no time)."""
+def _frame_end(frame: Any, stream: Any, rate: float | None, start: float) -> float | None:
+    """When `frame` stops showing, from the stream's start at `start` seconds (None when it carries no time)."""
     if frame.time is None:
         return None
-    start = float(stream.start_time * stream.time_base) if stream.start_time and stream.time_base else 0.0
     shown = float(frame.duration * stream.time_base) if frame.duration and stream.time_base else \
         (1 / rate if rate else 0.0)
     return frame.time - start + shown
