@@ -277,7 +277,10 @@ def test_rl_study_with_given_judges_writes_the_contract_and_resumes(judges, gen_
     assert [r["step"] for r in rows] == [0, 1] and {"kl", "clip_fraction", "zero_std_fraction"} <= set(rows[0])
     for name in names:  # every arm's files in its own folder
         assert any((tmp_path / "study" / name / f).exists() for f in ("metrics.jsonl", "results.json")), name
-    assert (tmp_path / "study" / "results.md").exists() and (tmp_path / "study" / "curves.png").exists()
+    assert (tmp_path / "study" / "curves.png").exists()
+    table = (tmp_path / "study" / "results.md").read_text()
+    assert all(f"| {name} |" in table for name in names)  # one row per arm, with what it spent
+    assert table.count("judge calls per prompt") == sum(a["method"] in ("best-of-n", "search") for a in on_disk["arms"])
     mtime = (tmp_path / "study" / "refl-pairwise" / "report.json").stat().st_mtime
     study_rl(tmp_path / "study", rms=rms, settings=s)  # finished arms are skipped
     assert (tmp_path / "study" / "refl-pairwise" / "report.json").stat().st_mtime == mtime
@@ -349,3 +352,22 @@ def test_rl_study_judge_folders_follow_the_start_weights_and_the_test_set(tmp_pa
         f.seek(-4, os.SEEK_END)
         f.write(bytes(b ^ 0xFF for b in last))
     assert folder() != base
+
+
+def test_rl_study_reports_its_judges_float32_accuracy(judges, world, tmp_path, monkeypatch):
+    """A study-trained judge is measured in float32 (`rewarddance eval --dtype float32`) and the table takes that
+    accuracy from the cache, in place of a row's older (bf16) one; a given judge and the checker have none."""
+    from rewarddance.recipes.study_rl import Judges, StudySettings, evaluate_judge
+
+    monkeypatch.setenv("REWARDDANCE_CACHE", str(tmp_path / "cache"))
+    log = tmp_path / "study.log"
+    study = Judges(StudySettings(judge_overrides=["objective=generative-pairwise", f"model={judges['pairwise']}"]),
+                   None, log)
+    assert study.measured("generative") is None  # not trained here: nothing is measured (or trained) for the table
+    final = study.folder("generative") / "final"
+    shutil.copytree(judges["pairwise"], final)
+    measured = evaluate_judge(final, world / "test.jsonl", log)
+    assert "--dtype float32" in log.read_text()
+    assert 0.0 <= measured["accuracy_id"] <= 1.0 and 0.0 <= measured["accuracy_ood"] <= 1.0
+    assert study.measured("generative") == measured and study.measured("checker") is None
+    assert Judges(StudySettings(), {"generative": str(final)}, log).measured("generative") is None

@@ -38,6 +38,19 @@ def run_step(cmd: list[str], log: Path) -> float:
     return (time.perf_counter() - t0) / 60
 
 
+# Studies measure their judges in float32: a judge near chance separates two images by ~1e-3, which bfloat16 (the
+# default on CPUs with bf16 matmul) rounds into ties that count as wrong (docs/rm-study.md: 31.2% vs 51.0%).
+EVAL_DTYPE = "float32"
+
+
+def eval_step(model: Path, data: Path, out: Path, log: Path) -> dict[str, Any]:
+    """`rewarddance eval` of `model` on `data` in EVAL_DTYPE, its result written to `out` (read from it when there)."""
+    if not out.exists():
+        run_step([*cli_command(), "eval", "--model", str(model), "--data", str(data), "--dtype", EVAL_DTYPE,
+                  "--json", str(out)], log)
+    return json.loads(out.read_text())
+
+
 def key_of(content: Any) -> str:
     """A short hash of `content` (JSON, keys sorted): the key a result is stored under."""
     return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[:12]

@@ -43,7 +43,7 @@ from ..generators import generator_path
 from ..models.checkpoint import weights_file_digest
 from ..models.presets import cache_root, preset_path
 from ..train.engine import MetricsLog
-from .steps import cli_command, key_of, read_keyed, run_step, start_folder, write_json
+from .steps import EVAL_DTYPE, cli_command, eval_step, key_of, read_keyed, run_step, start_folder, write_json
 from .train_rm import TrainConfig
 
 
@@ -138,6 +138,13 @@ class Judges:
         (the key its arms use), so a changed start preset or test set never reuses an old judge."""
         return cache_root() / "study-rl" / f"judge-{name}-{key_of(self.key(name))}"
 
+    def measured(self, name: str) -> dict | None:
+        """The EVAL_DTYPE test accuracy of a judge the study trained, when its cache holds one (measures nothing)."""
+        if self.rms or name not in self.names:
+            return None
+        cached = self.folder(name) / f"study-eval-{EVAL_DTYPE}.json"
+        return _accuracies(json.loads(cached.read_text())) if cached.exists() else None
+
     def _train(self, name: str) -> tuple[Path, dict]:
         root = cache_root() / "study-rl"
         data = root / f"world-{self.s.data_n}-{self.s.data_n_test}"
@@ -152,11 +159,12 @@ class Judges:
 
 
 def evaluate_judge(judge: Path, test: Path, log: Path) -> dict:
-    """Accuracy of a judge on the clean-labelled ShapeWorld test pairs (`rewarddance eval`), cached beside it."""
-    out = judge.parent / "study-eval.json"
-    if not out.exists():
-        run_step([*cli_command(), "eval", "--model", str(judge), "--data", str(test), "--json", str(out)], log)
-    result = json.loads(out.read_text())
+    """Accuracy of a judge on the clean-labelled ShapeWorld test pairs (`rewarddance eval` in EVAL_DTYPE), cached
+    beside it."""
+    return _accuracies(eval_step(judge, test, judge.parent / f"study-eval-{EVAL_DTYPE}.json", log))
+
+
+def _accuracies(result: dict) -> dict:
     splits = result.get("splits", {})
     return {"accuracy": result["overall"].get("accuracy"),
             "accuracy_id": splits.get("id", {}).get("accuracy"), "accuracy_ood": splits.get("ood", {}).get("accuracy")}
@@ -281,6 +289,8 @@ def study_rl(out: str | Path, *, quick: bool = False, rms: dict[str, str] | None
     arms = [row for row in arms if row is not None]
     best = "generative" if "generative" in judges.names else judges.names[0]
     arms += search_arms(best, judges, s, out, log, generation, run=only is None or "search" in only)
+    for row in arms:  # rows written before the judges were measured in float32 carry a bf16 accuracy
+        row["judge_eval"] = judges.measured(row["judge"]) or row["judge_eval"]
     result = {"arms": arms, "quick": quick, "settings": asdict(s), "generation": generation,
               "minutes_this_run": round((time.perf_counter() - t0) / 60, 2),
               "command": "rewarddance study rl" + (" --quick" if quick else "") + f" --out {out}"}
@@ -299,19 +309,37 @@ def _num(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.3f}"
 
 
+def _budget(a: dict) -> str:
+    """What an arm spent: steps and training minutes (ReFL, GRPO) or judge calls per prompt (Best-of-N, search)."""
+    if "steps" in a:
+        return f"{a['steps']} steps ({a['train_minutes']} min)"
+    return f"{a['judge_calls']} judge calls per prompt" if a.get("judge_calls") is not None else ""
+
+
+def _alarms(a: dict) -> str:
+    """The monitor's alarms with the step each first fired ("none" when it raised none)."""
+    alarms = a.get("alarms") or {}
+    return ", ".join(f"{k} @ {v}" for k, v in alarms.items()) if alarms else ("flagged" if a["hacking_flagged"]
+                                                                              else "none")
+
+
 def markdown(result: dict) -> str:
     lines = ["# RL study: ground-truth gain per judge and method", "", f"`{result['command']}`", "",
-             "| arm | method | judge accuracy (ID / OOD) | gt pass before | gt pass after | gain | reward_std_window "
-             "(last) | diversity before -> after | hacking flagged |", "|---|---|---|---|---|---|---|---|---|"]
+             "| arm | method | judge accuracy (ID / OOD) | budget | gt pass before | gt pass after | gain "
+             "| Best-of-N at equal judge calls | reward mean before -> after | reward_std_window (last) "
+             "| diversity before -> after | alarms |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for a in result["arms"]:
         ev = a.get("judge_eval") or {}
         acc = f"{_pct(ev.get('accuracy_id'))} / {_pct(ev.get('accuracy_ood'))}" if ev else ""
         gain = (None if a["gt_pass_rate_after"] is None or a["gt_pass_rate_before"] is None
                 else a["gt_pass_rate_after"] - a["gt_pass_rate_before"])
         div = "" if a["diversity_before"] is None else f"{_num(a['diversity_before'])} -> {_num(a['diversity_after'])}"
-        lines.append(f"| {a['name']} | {a['method']} | {acc} | {_pct(a['gt_pass_rate_before'])} | "
-                     f"{_pct(a['gt_pass_rate_after'])} | {'n/a' if gain is None else f'{gain:+.1%}'} | "
-                     f"{_num(a['reward_std_window_last'])} | {div} | {a['hacking_flagged']} |")
+        reward = ("" if a.get("reward_mean_before") is None
+                  else f"{_num(a['reward_mean_before'])} -> {_num(a['reward_mean_after'])}")
+        same_calls = _pct(a["best_of_n_same_calls"]) if "best_of_n_same_calls" in a else ""
+        lines.append(f"| {a['name']} | {a['method']} | {acc} | {_budget(a)} | {_pct(a['gt_pass_rate_before'])} | "
+                     f"{_pct(a['gt_pass_rate_after'])} | {'n/a' if gain is None else f'{gain:+.1%}'} | {same_calls} | "
+                     f"{reward} | {_num(a['reward_std_window_last'])} | {div} | {_alarms(a)} |")
     return "\n".join(lines)
 
 

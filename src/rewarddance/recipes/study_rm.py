@@ -37,7 +37,7 @@ from ..evaluate.report import pct
 from ..models.checkpoint import read_checkpoint_config
 from ..models.presets import cache_root
 from ..train.engine import MetricsLog, atomic_write_text
-from .steps import cli_command, key_of, read_keyed, run_step, start_folder, write_json
+from .steps import EVAL_DTYPE, cli_command, eval_step, key_of, read_keyed, run_step, start_folder, write_json
 
 OBJECTIVES = ("generative-pairwise", "generative-pointwise", "regressive-bt", "clip-bt")
 
@@ -193,8 +193,8 @@ def pretrained_start(arm: Arm, log: Path) -> float | None:
 
 
 def arm_key(arm: Arm, s: StudySettings, data: Path) -> str:
-    """Everything an arm's result depends on: the arm, the steps and batch, the data."""
-    parts = [asdict(arm), s.steps, s.batch_size, str(data)]
+    """Everything an arm's result depends on: the arm, the steps and batch, the data, the evaluation's dtype."""
+    parts = [asdict(arm), s.steps, s.batch_size, str(data), EVAL_DTYPE]
     return key_of(parts)
 
 
@@ -221,10 +221,7 @@ def run_arm(arm: Arm, s: StudySettings, data: Path, out: Path, log: Path) -> dic
               # checkpoints along the way: an interrupted arm (the medium ones take an hour here) resumes mid-run
               f"save_steps={max(1, s.steps // 8)}",
               "progress=false", "tensorboard=false", *model, *clip, *arm.overrides], log)
-    eval_json = folder / "eval.json"
-    if not eval_json.exists():
-        run_step([*cli_command(), "eval", "--model", str(final), "--data", str(test), "--json", str(eval_json)], log)
-    result = json.loads(eval_json.read_text())
+    result = eval_step(final, test, folder / "eval.json", log)
     splits = result.get("splits", {})
     steps = MetricsLog.read(folder / "train")
     training = read_checkpoint_config(final).training  # the run's own minutes, summed over resumes
