@@ -166,6 +166,7 @@ def test_grpo_run_writes_the_contract(uninterrupted, gen_dir):
     assert len({r["reward_mean"] for r in rows}) > 1
     report = json.loads((uninterrupted / "report.json").read_text())
     assert report["method"] == "grpo" and report["gt_pass_rate_before"] == rows[0]["gt_pass_rate"]
+    assert report["steps"] == rows[-1]["step"]  # the updates made, not the rows logged
     # row 0's evaluation is the starting generator's (before any update), the last row's the final one's
     from rewarddance.recipes.rl_common import evaluate_heldout
     from rewarddance.world.generation import COMPOSITIONAL, checker_metric, heldout_prompts

@@ -164,6 +164,7 @@ def test_refl_run_writes_the_contract(uninterrupted, gen_dir):
     assert len({r["reward_mean"] for r in rows}) > 1  # the generator moved
     report = json.loads((uninterrupted / "report.json").read_text())
     assert report["layout"] == "pairwise" and report["gt_pass_rate_before"] == rows[0]["gt_pass_rate"]
+    assert report["steps"] == rows[-1]["step"]  # the updates made, not the rows logged
     assert {"hacking_flagged", "diversity_before", "diversity_after", "reward_std_window_last"} <= set(report)
     assert_lora_export_matches_final(gen_dir, uninterrupted, PROMPTS)
     assert (uninterrupted / "monitor.png").exists() and (uninterrupted / "references.pt").exists()

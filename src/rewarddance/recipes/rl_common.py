@@ -264,8 +264,9 @@ def finish_run(method: str, out: Path, gen: Generator, *, lora: bool, log: Any, 
     summary = monitor.summary()
     report = {
         "method": method, **fields,
-        "steps": max(r["step"] for r in rows if "reward_mean" in r),
         **summary,
+        # updates made (row k follows k updates); after the monitor's summary, whose "steps" counts its rows
+        "steps": max(r["step"] for r in rows if "reward_mean" in r),
         # diversity of the held-out samples (final images, `eval_seeds` per prompt); the monitor's own,
         # on each step's training samples, is kept as train_diversity_*
         "train_diversity_before": summary["diversity_before"],

