@@ -316,10 +316,8 @@ def _budget(a: dict) -> str:
 
 
 def _alarms(a: dict) -> str:
-    """The monitor's alarms with the step each first fired ("none" when it raised none)."""
-    alarms = a.get("alarms") or {}
-    return ", ".join(f"{k} @ {v}" for k, v in alarms.items()) if alarms else ("flagged" if a["hacking_flagged"]
-                                                                              else "none")
+    """The monitor's alarms with the step each first fired (hacking_flagged is "any alarm fired")."""
+    return ", ".join(f"{k} @ {v}" for k, v in (a.get("alarms") or {}).items()) or "none"
 
 
 def markdown(result: dict) -> str:
