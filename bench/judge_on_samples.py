@@ -26,19 +26,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from rewarddance.evaluate.metrics import auroc
 from rewarddance.generators import ShapeWorldGenerator, generator_path
 from rewarddance.recipes.rl_common import load_judge, starting_references
 from rewarddance.recipes.search import make_score
 from rewarddance.world.generation import COMPOSITIONAL, checker_metric, heldout_prompts
-
-
-def agreement(scores: np.ndarray, passed: np.ndarray) -> tuple[float, int]:
-    """(fraction of (pass, fail) pairs the judge orders like the checker, ties half; number of such pairs)."""
-    good, bad = scores[passed], scores[~passed]
-    if len(good) == 0 or len(bad) == 0:
-        return float("nan"), 0
-    diff = good[:, None] - bad[None, :]
-    return float(((diff > 0) + 0.5 * (diff == 0)).mean()), diff.size
 
 
 def pooled(rows: list[dict]) -> float | None:
@@ -89,9 +81,9 @@ def main() -> None:
                                 guidance_scale=args.guidance_scale).images
         scores = score(images, prompt).double().numpy()
         passed = np.array(checker_metric(images, [prompt] * len(images))[0], dtype=bool)
-        a, n = agreement(scores, passed)
-        rows.append({"prompt": prompt, "scores": scores.tolist(), "passed": passed.tolist(), "agreement": a,
-                     "pairs": n})
+        # agreement = P(a passing sample outscores a failing one), ties half: the AUROC of score for "passes"
+        rows.append({"prompt": prompt, "scores": scores.tolist(), "passed": passed.tolist(),
+                     "agreement": auroc(scores, passed), "pairs": int(passed.sum() * (~passed).sum())})
     by_category = {c: summarise([r for r in rows if r["prompt"] in set(qs)]) for c, qs in heldout.items()}
     result = {"rm": args.rm, "layout": judge.layout, "samples_per_prompt": args.samples, "num_steps": args.num_steps,
               "overall": summarise(rows), "by_category": by_category, "rows": rows,
